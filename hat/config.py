@@ -1,0 +1,133 @@
+"""YAML configs as HAT uses them: every key is also a command-line flag (kebab-case), flags override YAML.
+
+``--configs=A.yml`` and ``--sub-configs=B.yml`` are read in that order; the command line comes last, so it wins
+(argparse keeps the last occurrence). Keys no parser knows are reported with the file they came from.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import yaml
+
+from hat.errors import ConfigError
+
+CONFIG_FLAGS = ("--configs", "--sub-configs")
+
+
+def load_yaml(path: str) -> Dict[str, object]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+    return {str(k): v for k, v in data.items()}
+
+
+def _scalar(v) -> str:
+    return str(v)
+
+
+def to_argv(d: Dict[str, object], positional: Sequence[str] = ()) -> Tuple[List[str], List[str]]:
+    """YAML mapping -> (flag argv, positional values). ``True`` becomes a bare flag, ``False``/``None`` nothing,
+    lists become several values after one flag."""
+    argv, pos = [], []
+    for key, val in d.items():
+        if key in positional:
+            if val is not None:
+                pos.append(_scalar(val))
+            continue
+        flag = "--" + key.replace("_", "-")
+        if val is None or val is False:
+            continue
+        if val is True:
+            argv.append(flag)
+        elif isinstance(val, (list, tuple)):
+            argv.append(flag)
+            argv.extend(_scalar(v) for v in val)
+        else:
+            argv.append(f"{flag}={_scalar(val)}" if str(val).startswith("-") else flag)
+            if not str(val).startswith("-"):
+                argv.append(_scalar(val))
+    return argv, pos
+
+
+def split_config_flags(argv: Sequence[str], flags: Iterable[str] = CONFIG_FLAGS) -> Tuple[Dict[str, str], List[str]]:
+    """Take ``--configs X`` / ``--configs=X`` (and the other config flags) out of argv."""
+    flags = tuple(flags)
+    found: Dict[str, str] = {}
+    rest: List[str] = []
+    i = 0
+    argv = list(argv)
+    while i < len(argv):
+        tok = argv[i]
+        name, eq, val = tok.partition("=")
+        if name in flags:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ConfigError(f"{name} needs a file path")
+                val = argv[i + 1]
+                i += 1
+            found[name.lstrip("-").replace("-", "_")] = val
+        else:
+            rest.append(tok)
+        i += 1
+    return found, rest
+
+
+class Loaded:
+    """YAML files merged in order, remembering which file each key came from."""
+
+    def __init__(self, paths: Sequence[Optional[str]]):
+        self.values: Dict[str, object] = {}
+        self.origin: Dict[str, str] = {}
+        for path in paths:
+            if not path:
+                continue
+            for key, val in load_yaml(path).items():
+                norm = key.replace("_", "-")
+                self.values[norm] = val
+                self.origin[norm] = path
+
+    def check_known(self, known: Iterable[str], ignore: Iterable[str] = ()):
+        """Raise ConfigError for the first key that is not a known option (dest or flag name)."""
+        known = {k.replace("_", "-").lstrip("-") for k in known}
+        ignore = set(ignore)
+        for key, path in self.origin.items():
+            if key not in known and key not in ignore:
+                raise ConfigError(f"unknown key '{key}' in {path}")
+
+
+def parser_option_names(parser: argparse.ArgumentParser) -> List[str]:
+    names = []
+    for action in parser._actions:
+        names.append(action.dest)
+        names.extend(action.option_strings)
+    return names
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    """A parser for a stage script whose options are its YAML keys; errors print one line and exit 2."""
+    return argparse.ArgumentParser(description=description, allow_abbrev=False)
+
+
+def parse_stage(parser: argparse.ArgumentParser, argv: Sequence[str], config_flags=("--configs",)):
+    """Parse a non-fairseq stage: YAML files from ``config_flags`` become defaults, flags override them, and an
+    unknown YAML key is an error naming key and file."""
+    found, rest = split_config_flags(argv, config_flags)
+    loaded = Loaded([found.get(f.lstrip("-").replace("-", "_")) for f in config_flags])
+    loaded.check_known(parser_option_names(parser))
+    yaml_argv, _ = to_argv(loaded.values)
+    args = parser.parse_args(yaml_argv + rest)
+    for f in config_flags:
+        setattr(args, f.lstrip("-").replace("-", "_"), found.get(f.lstrip("-").replace("-", "_")))
+    return args

@@ -1,0 +1,1 @@
+"""Embedded demo corpus (De-En, En-Fr) and its preparation for fairseq."""

@@ -1,0 +1,257 @@
+"""fairseq model ``transformersuper``: the core SuperTransformer behind fairseq's encoder/decoder interfaces.
+
+With ``--train-subtransformer`` (set by ``train.py --sub-configs``) the model is built at the SubTransformer's own
+shape, so its checkpoint holds only that SubTransformer's weights.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+from fairseq.models import (
+    FairseqEncoder,
+    FairseqEncoderDecoderModel,
+    FairseqIncrementalDecoder,
+    register_model,
+    register_model_architecture,
+)
+
+from hat.models.transformer import ModelOptions, SuperTransformer
+from hat.space import CHOICE_KEYS, SUB_KEYS, SUPER_KEYS, SearchSpace, SubConfig
+
+_LIST_SUB_KEYS = {k for k in SUB_KEYS if "-all-" in k}
+_CACHE_KEY = "hat_decoder_cache"
+
+
+def space_from_args(args, source: str = "model args") -> SearchSpace:
+    d = {k: getattr(args, k.replace("-", "_"), None) for k in SUPER_KEYS + CHOICE_KEYS}
+    return SearchSpace.from_dict({k: v for k, v in d.items() if v is not None}, source=source)
+
+
+def sub_config_from_args(args, source: str = "SubTransformer config") -> Optional[SubConfig]:
+    d = {k: getattr(args, k.replace("-", "_"), None) for k in SUB_KEYS}
+    if all(v is None for v in d.values()):
+        return None
+    return SubConfig.from_hat_dict(d, source=source)
+
+
+def options_from_args(args, src_dict, tgt_dict) -> ModelOptions:
+    return ModelOptions(
+        src_vocab=len(src_dict),
+        tgt_vocab=len(tgt_dict),
+        padding_idx=src_dict.pad(),
+        share_all_embeddings=bool(getattr(args, "share_all_embeddings", False)),
+        share_decoder_input_output_embed=bool(getattr(args, "share_decoder_input_output_embed", False)),
+        dropout=float(args.dropout),
+        attention_dropout=float(args.attention_dropout),
+        activation_dropout=float(args.activation_dropout),
+        encoder_normalize_before=bool(getattr(args, "encoder_normalize_before", False)),
+        decoder_normalize_before=bool(getattr(args, "decoder_normalize_before", False)),
+        no_scale_embedding=bool(getattr(args, "no_scale_embedding", False)),
+        max_source_positions=int(getattr(args, "max_source_positions", 1024) or 1024),
+        max_target_positions=int(getattr(args, "max_target_positions", 1024) or 1024),
+    )
+
+
+class HatEncoder(FairseqEncoder):
+    def __init__(self, dictionary, core_encoder):
+        super().__init__(dictionary)
+        self.core = core_encoder
+
+    def forward(self, src_tokens, src_lengths=None, **unused):
+        return self.core(src_tokens)
+
+    def reorder_encoder_out(self, encoder_out, new_order):
+        return {
+            "states": [s.index_select(0, new_order) for s in encoder_out["states"]],
+            "padding_mask": encoder_out["padding_mask"].index_select(0, new_order),
+        }
+
+    def max_positions(self):
+        return self.core.opt.max_source_positions
+
+
+def _reorder(cache, new_order):
+    if isinstance(cache, torch.Tensor):
+        return cache.index_select(0, new_order)
+    return {k: _reorder(v, new_order) for k, v in cache.items()}
+
+
+class HatDecoder(FairseqIncrementalDecoder):
+    def __init__(self, dictionary, core_decoder):
+        super().__init__(dictionary)
+        self.core = core_decoder
+
+    def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False, **unused):
+        cache = None
+        if incremental_state is not None:
+            cache = incremental_state.setdefault(_CACHE_KEY, {})
+        x = self.core(prev_output_tokens, encoder_out, cache=cache, features_only=features_only)
+        return x, {"attn": None}
+
+    def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None, **unused):
+        return self.forward(prev_output_tokens, encoder_out, incremental_state, features_only=True)
+
+    def output_layer(self, features, **unused):
+        return self.core.output_layer(features)
+
+    def reorder_incremental_state(self, incremental_state, new_order):
+        if incremental_state is not None and _CACHE_KEY in incremental_state:
+            incremental_state[_CACHE_KEY] = _reorder(incremental_state[_CACHE_KEY], new_order)
+
+    def max_positions(self):
+        return self.core.opt.max_target_positions
+
+
+@register_model("transformersuper")
+class TransformerSuperModel(FairseqEncoderDecoderModel):
+    """HAT's SuperTransformer (weight-shared, elastic everything including qkv dim) as a fairseq model."""
+
+    def __init__(self, args, core: SuperTransformer, space: SearchSpace, encoder, decoder):
+        super().__init__(encoder, decoder)
+        self.args = args
+        self.space = space
+        self.is_subtransformer = bool(getattr(args, "train_subtransformer", False))
+        self.sample_seed = int(getattr(args, "seed", 1) or 1)
+        self.__dict__["core"] = core  # not a submodule: its parameters are registered through encoder/decoder
+
+    @staticmethod
+    def add_args(parser):
+        add = parser.add_argument
+        add("--dropout", type=float, metavar="D", help="dropout probability")
+        add("--attention-dropout", type=float, metavar="D", help="dropout probability for attention weights")
+        add("--activation-dropout", type=float, metavar="D", help="dropout probability after the FFN activation")
+        add("--activation-fn", choices=["relu"], help="activation function (relu, as HAT)")
+        add("--encoder-normalize-before", action="store_true", help="pre-norm encoder layers")
+        add("--decoder-normalize-before", action="store_true", help="pre-norm decoder layers")
+        add("--share-all-embeddings", action="store_true", help="share encoder, decoder and output embeddings")
+        add("--share-decoder-input-output-embed", action="store_true", help="share decoder input/output embeddings")
+        add("--no-scale-embedding", action="store_true", help="do not scale embeddings by sqrt(dim)")
+        # SuperTransformer dims (HAT/fairseq keys)
+        for key in SUPER_KEYS:
+            add("--" + key, type=int, metavar="N", help=f"SuperTransformer {key}")
+        # search space (HAT's keys + qkv-dim-choice)
+        for key in CHOICE_KEYS:
+            add("--" + key, type=int, nargs="+", metavar="N", help=f"search space: {key}")
+        # one SubTransformer (HAT's keys + qkv-dim-subtransformer)
+        for key in SUB_KEYS:
+            if key in _LIST_SUB_KEYS:
+                add("--" + key, type=int, nargs="+", metavar="N", help=f"SubTransformer: {key}")
+            else:
+                add("--" + key, type=int, metavar="N", help=f"SubTransformer: {key}")
+        add("--train-subtransformer", action="store_true", help="train one fixed SubTransformer (its own weights)")
+
+    @classmethod
+    def build_model(cls, args, task):
+        base_architecture(args)
+        space = space_from_args(args)
+        opt = options_from_args(args, task.source_dictionary, task.target_dictionary)
+        sub = sub_config_from_args(args)
+        if getattr(args, "train_subtransformer", False):
+            if sub is None:
+                raise ValueError("--train-subtransformer needs the *-subtransformer keys (train.py --configs=SUB.yml)")
+            shape = space.fits(sub)
+        else:
+            shape = space.super_config()
+        core = SuperTransformer(shape, opt)
+        model = cls(args, core, space, HatEncoder(task.source_dictionary, core.encoder),
+                    HatDecoder(task.target_dictionary, core.decoder))
+        if sub is not None:
+            model.set_sample_config(sub)
+        return model
+
+    # -- sampling -------------------------------------------------------------------------------------------
+    def set_sample_config(self, cfg: SubConfig):
+        self.core.set_sample_config(cfg)
+
+    @property
+    def sample_config(self) -> SubConfig:
+        return self.core.sample_config
+
+    def sample_for_update(self, update_num: int) -> SubConfig:
+        return self.space.sample_for_update(self.sample_seed, update_num)
+
+    def extract(self, cfg: Optional[SubConfig] = None) -> SuperTransformer:
+        return self.core.extract(cfg)
+
+    def max_positions(self):
+        return (self.core.opt.max_source_positions, self.core.opt.max_target_positions)
+
+    def forward(self, src_tokens, src_lengths, prev_output_tokens, **unused):
+        enc = self.encoder(src_tokens, src_lengths)
+        return self.decoder(prev_output_tokens, encoder_out=enc)
+
+
+def _default(args, name, value):
+    if getattr(args, name, None) is None:
+        setattr(args, name, value)
+
+
+def base_architecture(args):
+    """Defaults shared by every arch; an explicit YAML key or flag always wins."""
+    _default(args, "dropout", 0.1)
+    _default(args, "attention_dropout", 0.0)
+    _default(args, "activation_dropout", 0.0)
+    _default(args, "activation_fn", "relu")
+    for side in ("encoder", "decoder"):
+        _default(args, f"{side}_embed_dim", 512)
+        _default(args, f"{side}_ffn_embed_dim", 2048)
+        _default(args, f"{side}_layers", 6)
+        _default(args, f"{side}_attention_heads", 8)
+    _default(args, "qkv_dim", 512)
+    # a space that was not given is the SuperTransformer alone (one choice per gene)
+    _default(args, "encoder_embed_choice", [args.encoder_embed_dim])
+    _default(args, "decoder_embed_choice", [args.decoder_embed_dim])
+    _default(args, "encoder_ffn_embed_dim_choice", [args.encoder_ffn_embed_dim])
+    _default(args, "decoder_ffn_embed_dim_choice", [args.decoder_ffn_embed_dim])
+    _default(args, "encoder_layer_num_choice", [args.encoder_layers])
+    _default(args, "decoder_layer_num_choice", [args.decoder_layers])
+    _default(args, "encoder_self_attention_heads_choice", [args.encoder_attention_heads])
+    _default(args, "decoder_self_attention_heads_choice", [args.decoder_attention_heads])
+    _default(args, "decoder_ende_attention_heads_choice", [args.decoder_attention_heads])
+    _default(args, "decoder_arbitrary_ende_attn_choice", [-1])
+    _default(args, "qkv_dim_choice", [args.qkv_dim])
+
+
+@register_model_architecture("transformersuper", "transformersuper")
+def transformersuper(args):
+    base_architecture(args)
+
+
+@register_model_architecture("transformersuper", "transformersuper_wmt_en_de")
+def transformersuper_wmt_en_de(args):
+    _default(args, "dropout", 0.3)
+    _default(args, "attention_dropout", 0.1)
+    base_architecture(args)
+
+
+@register_model_architecture("transformersuper", "transformersuper_wmt_en_fr")
+def transformersuper_wmt_en_fr(args):
+    _default(args, "dropout", 0.1)
+    _default(args, "attention_dropout", 0.1)
+    base_architecture(args)
+
+
+@register_model_architecture("transformersuper", "transformersuper_iwslt_de_en")
+def transformersuper_iwslt_de_en(args):
+    for side in ("encoder", "decoder"):
+        _default(args, f"{side}_embed_dim", 640)
+        _default(args, f"{side}_ffn_embed_dim", 2048)
+        _default(args, f"{side}_attention_heads", 4)
+    _default(args, "dropout", 0.3)
+    _default(args, "attention_dropout", 0.1)
+    base_architecture(args)
+
+
+@register_model_architecture("transformersuper", "transformersuper_demo")
+def transformersuper_demo(args):
+    """Small enough to train on two CPU cores in minutes (the embedded demo corpus)."""
+    for side in ("encoder", "decoder"):
+        _default(args, f"{side}_embed_dim", 256)
+        _default(args, f"{side}_ffn_embed_dim", 512)
+        _default(args, f"{side}_layers", 3)
+        _default(args, f"{side}_attention_heads", 4)
+    _default(args, "qkv_dim", 256)
+    _default(args, "dropout", 0.1)
+    _default(args, "attention_dropout", 0.0)
+    base_architecture(args)

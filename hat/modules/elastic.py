@@ -1,0 +1,198 @@
+"""Elastic modules: each holds its largest weights and owns the slicing for the sampled size.
+
+Every slice is a prefix along each axis (rows ``[:out]``, columns ``[:in]``), so a standalone SubTransformer is the
+same modules built at the sampled sizes, with the prefix of every tensor copied in (see ``models.extract``).
+Only torch is imported here.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ElasticLinear(nn.Linear):
+    """``nn.Linear`` whose sampled input/output sizes are a prefix of its weights."""
+
+    def __init__(self, max_in: int, max_out: int, bias: bool = True):
+        super().__init__(max_in, max_out, bias=bias)
+        self.sample_in, self.sample_out = max_in, max_out
+
+    def set_sample_config(self, in_dim: int, out_dim: int):
+        if in_dim > self.in_features or out_dim > self.out_features:
+            raise ValueError(f"sample {in_dim}x{out_dim} exceeds {self.in_features}x{self.out_features}")
+        self.sample_in, self.sample_out = in_dim, out_dim
+
+    def sliced_weight(self) -> torch.Tensor:
+        if self.sample_in == self.in_features and self.sample_out == self.out_features:
+            return self.weight
+        return self.weight[: self.sample_out, : self.sample_in]
+
+    def sliced_bias(self) -> Optional[torch.Tensor]:
+        if self.bias is None or self.sample_out == self.out_features:
+            return self.bias
+        return self.bias[: self.sample_out]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.sliced_weight(), self.sliced_bias())
+
+
+class ElasticEmbedding(nn.Embedding):
+    """Token embedding whose sampled width is a prefix of its columns; shared tables take the width per call."""
+
+    def __init__(self, num_embeddings: int, max_dim: int, padding_idx: int):
+        super().__init__(num_embeddings, max_dim, padding_idx=padding_idx)
+        nn.init.normal_(self.weight, mean=0, std=max_dim**-0.5)
+        with torch.no_grad():
+            self.weight[padding_idx].zero_()
+        self.sample_dim = max_dim
+
+    def set_sample_config(self, dim: int):
+        if dim > self.embedding_dim:
+            raise ValueError(f"sample dim {dim} exceeds {self.embedding_dim}")
+        self.sample_dim = dim
+
+    def sliced_weight(self, dim: Optional[int] = None) -> torch.Tensor:
+        dim = self.sample_dim if dim is None else dim
+        return self.weight if dim == self.embedding_dim else self.weight[:, :dim]
+
+    def forward(self, tokens: torch.Tensor, dim: Optional[int] = None) -> torch.Tensor:
+        return F.embedding(tokens, self.sliced_weight(dim), self.padding_idx)
+
+
+class ElasticLayerNorm(nn.LayerNorm):
+    def __init__(self, max_dim: int):
+        super().__init__(max_dim)
+        self.sample_dim = max_dim
+
+    def set_sample_config(self, dim: int):
+        if dim > self.normalized_shape[0]:
+            raise ValueError(f"sample dim {dim} exceeds {self.normalized_shape[0]}")
+        self.sample_dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.sample_dim
+        return F.layer_norm(x, (d,), self.weight[:d], self.bias[:d], self.eps)
+
+
+def sinusoidal_table(num_positions: int, dim: int, padding_idx: int) -> torch.Tensor:
+    """fairseq's sinusoidal table (sin half, cos half); row ``padding_idx`` is zero."""
+    half = dim // 2
+    scale = math.log(10000) / (half - 1)
+    freqs = torch.exp(torch.arange(half, dtype=torch.float) * -scale)
+    args = torch.arange(num_positions, dtype=torch.float).unsqueeze(1) * freqs.unsqueeze(0)
+    table = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    if dim % 2 == 1:
+        table = torch.cat([table, torch.zeros(num_positions, 1)], dim=1)
+    table[padding_idx, :] = 0
+    return table
+
+
+class ElasticSinusoidalPositions(nn.Module):
+    """Sinusoidal positions for any sampled width, correct for left- or right-padded input, without CumSum.
+
+    A token's position is ``padding_idx + 1 + (number of non-pad tokens before it)``, computed as a matrix product of
+    the non-pad mask with a constant upper-triangular matrix (a buffer, so no Trilu/Range/CumSum op reaches an
+    exported graph). Pads get ``padding_idx``, whose row is zero. Tables are cached per width, never trained.
+    """
+
+    def __init__(self, max_positions: int, padding_idx: int):
+        super().__init__()
+        self.max_positions = max_positions
+        self.padding_idx = padding_idx
+        self.register_buffer(
+            "upper", torch.triu(torch.ones(max_positions, max_positions)), persistent=False
+        )
+        self._tables: Dict[Tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def table(self, dim: int, device, dtype) -> torch.Tensor:
+        key = (dim, device, dtype)
+        if key not in self._tables:
+            self._tables[key] = sinusoidal_table(self.max_positions + self.padding_idx + 1, dim, self.padding_idx).to(
+                device=device, dtype=dtype
+            )
+        return self._tables[key]
+
+    def positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        t = tokens.size(1)
+        if t > self.max_positions:
+            raise ValueError(f"sequence of {t} tokens exceeds max positions {self.max_positions}")
+        mask = tokens.ne(self.padding_idx)
+        counts = torch.matmul(mask.to(self.upper.dtype), self.upper[:t, :t])  # inclusive count of non-pads
+        return (counts.long() * mask.long()) + self.padding_idx
+
+    def forward(self, tokens: torch.Tensor, dim: int, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if positions is None:
+            positions = self.positions(tokens)
+        return F.embedding(positions, self.table(dim, tokens.device, torch.get_default_dtype()))
+
+
+class ElasticMultiheadAttention(nn.Module):
+    """Multi-head attention with elastic query width, key/value width, heads and qkv dim.
+
+    Q, K and V projections each output the first ``qkv_dim`` rows of their weights; the head dim is
+    ``qkv_dim // heads``; the output projection maps ``qkv_dim`` back to the query's width. Batch-first tensors.
+    """
+
+    def __init__(self, max_embed: int, max_kv_embed: int, max_qkv: int, dropout: float = 0.0):
+        super().__init__()
+        self.q_proj = ElasticLinear(max_embed, max_qkv)
+        self.k_proj = ElasticLinear(max_kv_embed, max_qkv)
+        self.v_proj = ElasticLinear(max_kv_embed, max_qkv)
+        self.out_proj = ElasticLinear(max_qkv, max_embed)
+        self.dropout = dropout
+        self.heads = 1
+        self.qkv_dim = max_qkv
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            nn.init.xavier_uniform_(proj.weight, gain=1 / math.sqrt(2))
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        nn.init.constant_(self.out_proj.bias, 0.0)
+
+    def set_sample_config(self, embed: int, kv_embed: int, qkv_dim: int, heads: int):
+        if qkv_dim % heads:
+            raise ValueError(f"qkv dim {qkv_dim} not divisible by {heads} heads")
+        self.q_proj.set_sample_config(embed, qkv_dim)
+        self.k_proj.set_sample_config(kv_embed, qkv_dim)
+        self.v_proj.set_sample_config(kv_embed, qkv_dim)
+        self.out_proj.set_sample_config(qkv_dim, embed)
+        self.qkv_dim, self.heads = qkv_dim, heads
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.heads, self.qkv_dim // self.heads).transpose(1, 2)
+
+    def project_kv(self, kv: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values split into heads: (B, H, S, head_dim) each."""
+        return self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        kv: Optional[torch.Tensor] = None,
+        attn_mask: Optional[torch.Tensor] = None,
+        cache: Optional[Dict[str, torch.Tensor]] = None,
+        static_kv: bool = False,
+    ) -> torch.Tensor:
+        """``attn_mask`` is additive (0 / -inf), broadcastable to (B, H, T, S).
+
+        ``cache`` (incremental decoding): for self-attention the new keys/values are appended to ``cache['k']``/
+        ``cache['v']``; for encoder-decoder attention (``static_kv``) they are computed once and reused.
+        """
+        q = self._split(self.q_proj(query))
+        if cache is not None and static_kv and "k" in cache:
+            k, v = cache["k"], cache["v"]
+        else:
+            k, v = self.project_kv(query if kv is None else kv)
+            if cache is not None:
+                if not static_kv and "k" in cache:
+                    k = torch.cat([cache["k"], k], dim=2)
+                    v = torch.cat([cache["v"], v], dim=2)
+                cache["k"], cache["v"] = k, v
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        b, h, t, hd = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, h * hd))

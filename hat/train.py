@@ -1,0 +1,112 @@
+"""train.py: SuperTransformer training (one SubTransformer sampled per update), or one SubTransformer.
+
+``train.py --configs=A.yml [--sub-configs=B.yml] [--any-fairseq-flag value]``. As in HAT, a SubTransformer is
+trained with ``--configs=<its *-subtransformer YAML> --sub-configs=<subtransformer/common.yml>``; giving
+``--sub-configs`` turns on ``--train-subtransformer``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from hat.config import Loaded, parser_option_names, split_config_flags, to_argv
+from hat.errors import ConfigError, HatError
+
+DEFAULT_TASK = "translation_hat"
+
+
+def _hat_compat(values: dict) -> dict:
+    """HAT's YAML was written for fairseq 0.8: its cosine schedule took ``max-lr`` (peak) and ``lr`` (floor).
+    fairseq 0.12 calls these ``lr`` and ``min-lr``; translate so HAT's configs keep their meaning."""
+    values = dict(values)
+    if "max-lr" in values:
+        peak = values.pop("max-lr")
+        if values.get("lr-scheduler") == "cosine":
+            if "lr" in values and "min-lr" not in values:
+                values["min-lr"] = values["lr"][0] if isinstance(values["lr"], list) else values["lr"]
+            values["lr"] = peak
+        else:
+            values.setdefault("lr", peak)
+    if values.get("lr-scheduler") == "cosine" and "lr-shrink" in values and float(values["lr-shrink"]) == 1.0:
+        values.pop("lr-shrink")  # HAT's no-op value; fairseq 0.12 only accepts it with lr-period-updates
+    return values
+
+
+def quiet_fairseq_imports():
+    """fairseq checkpoints are pickles (torch>=2.6 needs weights_only=False); its speech tasks log a tensorboardX
+    hint at import that has nothing to do with translation."""
+    import logging
+
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    logging.getLogger("fairseq.tasks.text_to_speech").setLevel(logging.WARNING)
+
+
+def build_args(argv: Sequence[str], extra_parser_hook=None):
+    """Parse train.py's command line into fairseq args. Raises ConfigError for unknown keys/flags."""
+    quiet_fairseq_imports()
+    from fairseq import options
+
+    import hat.fairseq_plugin  # noqa: F401  (registers transformersuper and translation_hat)
+
+    found, cli = split_config_flags(argv)
+    loaded = Loaded([found.get("configs"), found.get("sub_configs")])
+    values = _hat_compat(loaded.values)
+    loaded.origin.setdefault("lr", loaded.origin.get("max-lr", ""))
+    yaml_argv, positional = to_argv(values, positional=("data",))
+    cli = list(cli)
+    if "--data" in cli:  # allow the data dir as a flag too (YAML key 'data')
+        i = cli.index("--data")
+        positional = [cli[i + 1]]
+        del cli[i : i + 2]
+    elif any(tok.startswith("--data=") for tok in cli):
+        tok = next(t for t in cli if t.startswith("--data="))
+        positional = [tok.split("=", 1)[1]]
+        cli.remove(tok)
+    full = positional + yaml_argv + cli
+    if not any(t == "--task" or t.startswith("--task=") for t in full):
+        full = ["--task", DEFAULT_TASK] + full
+    if found.get("sub_configs") and "--train-subtransformer" not in full:
+        full.append("--train-subtransformer")
+
+    parser = options.get_training_parser()
+    parser.add_argument("--configs", help="YAML file whose keys are flags of this script")
+    parser.add_argument("--sub-configs", help="second YAML file (SubTransformer training settings)")
+    if extra_parser_hook:
+        extra_parser_hook(parser)
+    args, extra = options.parse_args_and_arch(parser, full, parse_known=True)
+    loaded.check_known(parser_option_names(parser), ignore=("data", "max-lr"))
+    if extra:
+        raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
+    args.configs, args.sub_configs = found.get("configs"), found.get("sub_configs")
+    _validate_space(args)
+    return args
+
+
+def _validate_space(args):
+    """Fail before fairseq starts (nothing written) if the space or the SubTransformer does not fit."""
+    if getattr(args, "arch", "").startswith("transformersuper"):
+        from hat.fairseq_plugin.models import base_architecture, space_from_args, sub_config_from_args
+
+        base_architecture(args)
+        source = args.configs or "command line"
+        space = space_from_args(args, source=source)
+        sub = sub_config_from_args(args, source=source)
+        if sub is not None:
+            space.fits(sub, source=source)
+        elif getattr(args, "train_subtransformer", False):
+            raise ConfigError(f"{source}: --train-subtransformer needs the *-subtransformer keys")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_args(argv)
+    from fairseq import distributed_utils
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq_cli.train import main as fairseq_train
+
+    if not os.path.isdir(args.data.split(":")[0]):
+        raise HatError(f"data directory not found: {args.data} (run the data preparation step first)")
+    cfg = convert_namespace_to_omegaconf(args)
+    distributed_utils.call_main(cfg, fairseq_train)
+    return 0
