@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 PACKAGES = ("trans-de-en", "libreoffice-help-en-us", "libreoffice-help-de", "libreoffice-help-fr")
 DING_FILE = "usr/share/trans/de-en"
@@ -409,6 +409,11 @@ def _run(cmd: List[str], cwd: Path) -> subprocess.CompletedProcess:
                           text=True)
 
 
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
+
+
 def fetch_packages(workdir: Path) -> Tuple[Path, Dict[str, str]]:
     """Download (``apt-get download``, after one ``apt-get update`` if needed) and
     unpack the source packages into ``workdir``; returns (root, versions)."""
@@ -432,12 +437,10 @@ def fetch_packages(workdir: Path) -> Tuple[Path, Dict[str, str]]:
             print("apt-get download failed; running apt-get update once", file=sys.stderr)
             u = _run(["apt-get", "update"], workdir)
             if u.returncode != 0:
-                raise CorpusError("apt-get update failed: " + u.stdout.strip().splitlines()[-1:][0]
-                                  if u.stdout.strip() else "apt-get update failed")
+                raise CorpusError(f"apt-get update failed: {_last_line(u.stdout)}")
             r = _run(["apt-get", "download", *missing], workdir)
             if r.returncode != 0:
-                last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
-                raise CorpusError(f"apt-get download {' '.join(missing)} failed: {last}")
+                raise CorpusError(f"apt-get download {' '.join(missing)} failed: {_last_line(r.stdout)}")
     root = workdir / "root"
     versions = {}
     for name, deb in debs().items():
@@ -445,11 +448,11 @@ def fetch_packages(workdir: Path) -> Tuple[Path, Dict[str, str]]:
             raise CorpusError(f"package {name} was not downloaded")
         r = _run(["dpkg-deb", "-f", deb, "Version"], workdir)
         if r.returncode != 0:
-            raise CorpusError(f"dpkg-deb -f {deb} failed: {r.stdout.strip()}")
+            raise CorpusError(f"dpkg-deb -f {deb} failed: {_last_line(r.stdout)}")
         versions[name] = r.stdout.strip()
         r = _run(["dpkg-deb", "-x", deb, str(root)], workdir)
         if r.returncode != 0:
-            raise CorpusError(f"dpkg-deb -x {deb} failed: {r.stdout.strip()}")
+            raise CorpusError(f"dpkg-deb -x {deb} failed: {_last_line(r.stdout)}")
     (root / "VERSIONS.json").write_text(json.dumps(versions, indent=2, sort_keys=True) + "\n")
     return root, versions
 
