@@ -72,6 +72,7 @@ def build_args(argv: Sequence[str], extra_parser_hook=None):
     parser = options.get_training_parser()
     parser.add_argument("--configs", help="YAML file whose keys are flags of this script")
     parser.add_argument("--sub-configs", help="second YAML file (SubTransformer training settings)")
+    add_evaluation_args(parser)
     if extra_parser_hook:
         extra_parser_hook(parser)
     args, extra = options.parse_args_and_arch(parser, full, parse_known=True)
@@ -81,6 +82,23 @@ def build_args(argv: Sequence[str], extra_parser_hook=None):
     args.configs, args.sub_configs = found.get("configs"), found.get("sub_configs")
     _validate_space(args)
     return args
+
+
+def add_evaluation_args(parser):
+    """Generation keys (beam, lenpen, ...) are valid in every stage's YAML: generate.py reads the same files."""
+    from fairseq import options
+
+    options.add_generation_args(parser)
+    group = parser.add_argument_group("HAT evaluation (generate.py)")
+    names = {o for a in parser._actions for o in a.option_strings}
+    if "--path" not in names:
+        group.add_argument("--path", help="checkpoint to evaluate")
+    if "--gen-subset" not in names:
+        group.add_argument("--gen-subset", default="test", help="split to translate (test, valid)")
+    group.add_argument("--spm-model", help="sentencepiece model (default: <data>/spm.model)")
+    group.add_argument("--reference", help="detokenized reference file (default: <data>/raw/<subset>.<tgt>)")
+    if "--results-path" not in names:
+        group.add_argument("--results-path", help="write detokenized hypotheses here (one per line, in input order)")
 
 
 def _validate_space(args):

@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# Creates .venv with everything the project needs (pins from DEVELOPERS.md). Idempotent: a finished install is
-# marked by .venv/.hat-installed and skipped; an interrupted one is resumed by pip.
+# Creates .venv with everything the project needs (pins from DEVELOPERS.md). Idempotent: each step is skipped
+# (or is a quick pip no-op) when already satisfied; the Makefile keeps a stamp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 VENV=${VENV:-.venv}
-STAMP="$VENV/.hat-installed-v1"
-if [ -f "$STAMP" ]; then exit 0; fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade "pip<26" wheel
@@ -21,4 +19,3 @@ if [ "$(uname -m)" = x86_64 ] || [ "$(uname -m)" = aarch64 ]; then
   $VENV/bin/python -c "import rknn.api" 2>/dev/null || $PIP install -q --no-deps rknn-toolkit2==2.5.0
 fi
 $PIP install -q --no-deps -e .
-touch "$STAMP"

@@ -2,13 +2,14 @@
 
 Every slice is a prefix along each axis (rows ``[:out]``, columns ``[:in]``), so a standalone SubTransformer is the
 same modules built at the sampled sizes, with the prefix of every tensor copied in (see ``models.extract``).
-Only torch is imported here.
+Only torch and numpy are imported here.
 """
 from __future__ import annotations
 
 import math
 from typing import Dict, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,16 +80,19 @@ class ElasticLayerNorm(nn.LayerNorm):
 
 
 def sinusoidal_table(num_positions: int, dim: int, padding_idx: int) -> torch.Tensor:
-    """fairseq's sinusoidal table (sin half, cos half); row ``padding_idx`` is zero."""
+    """fairseq's sinusoidal table (sin half, cos half); row ``padding_idx`` is zero.
+
+    Computed with numpy so that, inside a traced/exported graph, the table is a constant (no Range/Sin/Cos ops).
+    """
     half = dim // 2
     scale = math.log(10000) / (half - 1)
-    freqs = torch.exp(torch.arange(half, dtype=torch.float) * -scale)
-    args = torch.arange(num_positions, dtype=torch.float).unsqueeze(1) * freqs.unsqueeze(0)
-    table = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    freqs = np.exp(np.arange(half, dtype=np.float32) * np.float32(-scale))
+    args = np.arange(num_positions, dtype=np.float32)[:, None] * freqs[None, :]
+    table = np.concatenate([np.sin(args), np.cos(args)], axis=1)
     if dim % 2 == 1:
-        table = torch.cat([table, torch.zeros(num_positions, 1)], dim=1)
+        table = np.concatenate([table, np.zeros((num_positions, 1), dtype=np.float32)], axis=1)
     table[padding_idx, :] = 0
-    return table
+    return torch.from_numpy(table.astype(np.float32))
 
 
 class ElasticSinusoidalPositions(nn.Module):
