@@ -34,7 +34,7 @@ def load_checkpoint(path: str, data: str):
 
 def choose_config(model, args, source: str):
     """The SubTransformer to evaluate: from the YAML/flags, checked against the checkpoint."""
-    from hat.fairseq_plugin.models import sub_config_from_args
+    from hat.checkpoint import sub_config_from_args
 
     wanted = sub_config_from_args(args, source=source)
     if model.is_subtransformer:

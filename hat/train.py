@@ -104,7 +104,8 @@ def add_evaluation_args(parser):
 def _validate_space(args):
     """Fail before fairseq starts (nothing written) if the space or the SubTransformer does not fit."""
     if getattr(args, "arch", "").startswith("transformersuper"):
-        from hat.fairseq_plugin.models import base_architecture, space_from_args, sub_config_from_args
+        from hat.checkpoint import space_from_args, sub_config_from_args
+        from hat.fairseq_plugin.models import base_architecture
 
         base_architecture(args)
         source = args.configs or "command line"

@@ -16,41 +16,12 @@ from fairseq.models import (
     register_model_architecture,
 )
 
-from hat.models.transformer import ModelOptions, SuperTransformer
+from hat.checkpoint import options_from_args, space_from_args, sub_config_from_args
+from hat.models.transformer import SuperTransformer
 from hat.space import CHOICE_KEYS, SUB_KEYS, SUPER_KEYS, SearchSpace, SubConfig
 
 _LIST_SUB_KEYS = {k for k in SUB_KEYS if "-all-" in k}
 _CACHE_KEY = "hat_decoder_cache"
-
-
-def space_from_args(args, source: str = "model args") -> SearchSpace:
-    d = {k: getattr(args, k.replace("-", "_"), None) for k in SUPER_KEYS + CHOICE_KEYS}
-    return SearchSpace.from_dict({k: v for k, v in d.items() if v is not None}, source=source)
-
-
-def sub_config_from_args(args, source: str = "SubTransformer config") -> Optional[SubConfig]:
-    d = {k: getattr(args, k.replace("-", "_"), None) for k in SUB_KEYS}
-    if all(v is None for v in d.values()):
-        return None
-    return SubConfig.from_hat_dict(d, source=source)
-
-
-def options_from_args(args, src_dict, tgt_dict) -> ModelOptions:
-    return ModelOptions(
-        src_vocab=len(src_dict),
-        tgt_vocab=len(tgt_dict),
-        padding_idx=src_dict.pad(),
-        share_all_embeddings=bool(getattr(args, "share_all_embeddings", False)),
-        share_decoder_input_output_embed=bool(getattr(args, "share_decoder_input_output_embed", False)),
-        dropout=float(args.dropout),
-        attention_dropout=float(args.attention_dropout),
-        activation_dropout=float(args.activation_dropout),
-        encoder_normalize_before=bool(getattr(args, "encoder_normalize_before", False)),
-        decoder_normalize_before=bool(getattr(args, "decoder_normalize_before", False)),
-        no_scale_embedding=bool(getattr(args, "no_scale_embedding", False)),
-        max_source_positions=int(getattr(args, "max_source_positions", 1024) or 1024),
-        max_target_positions=int(getattr(args, "max_target_positions", 1024) or 1024),
-    )
 
 
 class HatEncoder(FairseqEncoder):
@@ -145,7 +116,9 @@ class TransformerSuperModel(FairseqEncoderDecoderModel):
     def build_model(cls, args, task):
         base_architecture(args)
         space = space_from_args(args)
-        opt = options_from_args(args, task.source_dictionary, task.target_dictionary)
+        opt = options_from_args(
+            args, len(task.source_dictionary), len(task.target_dictionary), task.source_dictionary.pad()
+        )
         sub = sub_config_from_args(args)
         if getattr(args, "train_subtransformer", False):
             if sub is None:
