@@ -148,3 +148,49 @@ def test_subtransformer_training_checkpoint_and_bleu(demo_data, tmp_path):
     c = run_script("generate.py", f"--configs={TINY_SUB}", f"--sub-configs={TINY_COMMON}", "--data", demo_data,
                    "--path", str(corrupt))
     assert c.returncode == 2 and "cannot load checkpoint" in c.stderr and "Traceback" not in c.stderr
+
+
+def test_subtransformer_equals_fairseq_transformer_with_the_same_weights():
+    """At qkv dim = embed dim and uniform layers, our model is fairseq's own Transformer: load our weights into
+    fairseq's TransformerModel and compare logits (catches any drift in masks, positions, scaling, norm order)."""
+    import argparse
+
+    from fairseq.data import Dictionary
+    from fairseq.models.transformer import TransformerModel, base_architecture
+
+    from hat.models import ModelOptions, SuperTransformer
+    from hat.space import SubConfig
+
+    d = Dictionary()
+    for i in range(60):
+        d.add_symbol(f"w{i}")
+    cfg = SubConfig(
+        encoder_embed_dim=32, decoder_embed_dim=32, encoder_layer_num=2, decoder_layer_num=2,
+        encoder_ffn_embed_dim=(64, 64), decoder_ffn_embed_dim=(64, 64), encoder_self_attention_heads=(4, 4),
+        decoder_self_attention_heads=(4, 4), decoder_ende_attention_heads=(4, 4),
+        decoder_arbitrary_ende_attn=(-1, -1), qkv_dim=32,
+    )
+    torch.manual_seed(0)
+    ours = SuperTransformer(cfg, ModelOptions(len(d), len(d), padding_idx=d.pad(), share_all_embeddings=True)).eval()
+    args = argparse.Namespace(
+        encoder_embed_dim=32, decoder_embed_dim=32, encoder_ffn_embed_dim=64, decoder_ffn_embed_dim=64,
+        encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        share_all_embeddings=True, dropout=0.0, max_source_positions=256, max_target_positions=256,
+    )
+    base_architecture(args)
+
+    class _Task:
+        source_dictionary = target_dictionary = d
+
+    theirs = TransformerModel.build_model(args, _Task()).eval()
+    missing, unexpected = theirs.load_state_dict(ours.state_dict(), strict=False)
+    assert not unexpected
+    assert all("output_projection" in k or "version" in k or "embed_positions" in k for k in missing), missing
+    theirs.decoder.output_projection.weight = theirs.decoder.embed_tokens.weight
+    g = torch.Generator().manual_seed(1)
+    src = torch.randint(4, len(d), (3, 7), generator=g)
+    src[1, :2] = d.pad()
+    prev = torch.randint(4, len(d), (3, 5), generator=g)
+    with torch.no_grad():
+        ref, _ = theirs(src, src.ne(d.pad()).sum(1), prev)
+        torch.testing.assert_close(ours(src, prev), ref, atol=1e-5, rtol=1e-5)
