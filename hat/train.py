@@ -42,7 +42,7 @@ def quiet_fairseq_imports():
     logging.getLogger("fairseq.tasks.text_to_speech").setLevel(logging.WARNING)
 
 
-def build_args(argv: Sequence[str], extra_parser_hook=None):
+def build_args(argv: Sequence[str], extra_parser_hook=None, data_optional: bool = False):
     """Parse train.py's command line into fairseq args. Raises ConfigError for unknown keys/flags."""
     quiet_fairseq_imports()
     from fairseq import options
@@ -63,6 +63,8 @@ def build_args(argv: Sequence[str], extra_parser_hook=None):
         tok = next(t for t in cli if t.startswith("--data="))
         positional = [tok.split("=", 1)[1]]
         cli.remove(tok)
+    if data_optional and not positional:
+        positional = ["."]  # stages that need no data dir (e.g. latency with lat-vocab-size)
     full = positional + yaml_argv + cli
     if not any(t == "--task" or t.startswith("--task=") for t in full):
         full = ["--task", DEFAULT_TASK] + full

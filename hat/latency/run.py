@@ -97,7 +97,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from hat.train import build_args
 
     argv = sys.argv[1:] if argv is None else argv
-    args = build_args(argv, extra_parser_hook=add_latency_args)
+    args = build_args(argv, extra_parser_hook=add_latency_args, data_optional=True)
     base_architecture(args)
     space = space_from_args(args, source=args.configs or "command line")
     name = backend_name(args)
