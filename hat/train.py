@@ -119,9 +119,39 @@ def _validate_space(args):
             raise ConfigError(f"{source}: --train-subtransformer needs the *-subtransformer keys")
 
 
+def measure_latency(args) -> int:
+    """HAT's ``train.py --latcpu/--latgpu``: measure the SubTransformer the configs describe (the largest of the space
+    when none) with the latency protocol, instead of training. ``--latnpu --rknn-name NAME`` times a converted RKNN
+    model on the board."""
+    from hat.checkpoint import options_from_args, space_from_args, sub_config_from_args
+    from hat.latency.protocol import measure
+    from hat.latency.run import protocol_of, vocab_size
+
+    if args.latnpu:
+        from hat.latency.run import measure_rknn
+
+        return measure_rknn(args)
+    space = space_from_args(args, source=args.configs or "command line")
+    cfg = sub_config_from_args(args) or space.largest()
+    vocab = vocab_size(args)
+    opt = options_from_args(args, vocab, vocab)
+    protocol = protocol_of(args)
+    from hat.latency.torch_backend import TorchBackend
+
+    backend = TorchBackend(opt, protocol, device="cuda" if args.latgpu else "cpu", threads=args.lat_threads)
+    m = measure(backend, cfg, protocol)
+    print(f"| SubTransformer {cfg.key()}: {m.summary()}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    from hat.latency.run import add_latency_args
+
     argv = sys.argv[1:] if argv is None else argv
-    args = build_args(argv)
+    args = build_args(argv, extra_parser_hook=add_latency_args,
+                      data_optional=any(f in argv for f in ("--latcpu", "--latgpu", "--latnpu")))
+    if args.latcpu or args.latgpu or args.latnpu:
+        return measure_latency(args)
     from fairseq import distributed_utils
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq_cli.train import main as fairseq_train

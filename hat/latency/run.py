@@ -133,3 +133,37 @@ def _memory_model(opt, protocol):
         return lambda cfg: {}
     columns = getattr(memory, "dataset_columns", None)
     return (lambda cfg: columns(cfg, opt, protocol)) if columns else (lambda cfg: {})
+
+
+def measure_rknn(args) -> int:
+    """Time a converted RKNN model (encoder + decoder step) on this board's NPU with the latency protocol."""
+    import glob
+    import json
+
+    if not args.rknn_name:
+        raise ConfigError("--latnpu needs --rknn-name NAME (the name given to convert2rknn.py)")
+    try:
+        import rknnlite.api  # noqa: F401  (present only on the board)
+    except ImportError:
+        raise HatError("no NPU board here: rknnlite (rknn-toolkit-lite2) is not installed; copy the .rknn files and "
+                       "hat/latency/board.py to the board, or use latency-backend: npu-adb with a board on USB") from None
+    from hat.latency import board
+
+    files = {part: sorted(glob.glob(f"**/{args.rknn_name}*{part}*.rknn", recursive=True)) for part in ("enc", "dec")}
+    if not files["enc"] or not files["dec"]:
+        raise HatError(f"no RKNN encoder/decoder files named {args.rknn_name}*enc*/*dec*.rknn found")
+    proto = protocol_of(args)
+    entry = {"key": args.rknn_name}
+    for part, key in (("enc", "encoder"), ("dec", "decoder")):
+        meta = files[part][0][: -len(".rknn")] + ".json"
+        inputs = json.load(open(meta)).get("inputs", []) if os.path.isfile(meta) else []
+        entry[key] = {"file": os.path.abspath(files[part][0]), "inputs": inputs}
+    bundle = {"protocol": proto.to_dict(), "models": [entry]}
+    from hat.latency.board import _rknnlite, core_mask_value, measure_model, trimmed
+
+    RKNNLite = _rknnlite()
+    enc, dec = measure_model(RKNNLite, "/", entry, bundle["protocol"], core_mask_value(RKNNLite, args.npu_core_mask))
+    (em, es), (dm, ds) = trimmed(enc, proto.trim), trimmed(dec, proto.trim)
+    print(f"| {args.rknn_name}: encoder {em:.3f} ± {es:.3f} ms, decoder ({proto.tgt_len} steps) {dm:.3f} ± {ds:.3f} ms "
+          f"[measured:board]")
+    return 0
