@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# wmt19.en-de: WMT'19 En-De as HAT's configs/wmt19.en-de/preprocess.sh: ParaCrawl v3 (bicleaner 0.7),
+# News Commentary v14, WikiTitles, Europarl v9, CommonCrawl, RAPID 2019; valid = newstest2017, test = newstest2018;
+# Moses normalization + aggressive tokenization (sacremoses), joint BPE 40k, length 1..250 ratio 1.5, binarized with
+# HAT's joined dictionary.
+#
+#   bash configs/wmt19.en-de/preprocess.sh [WORKERS]
+#
+# Writes $HAT_DATA_DIR/text/$NAME/orig (downloads), .../tokenized (BPE text) and $HAT_DATA_DIR/binary/$NAME, the
+# 'data:' of this task's configs (HAT_DATA_DIR defaults to data). Before anything is written it checks the network
+# (5 s) and the tools (sacremoses, subword-nmt, fairseq-preprocess: pip install sacremoses subword-nmt). Downloads
+# resume (<file>.part); everything else is built in a temporary folder and moved into place at the end, so a failed
+# run leaves no half-built tokenized/ or binary/ folder. $HAT_DATA_URL_BASE fetches every file from
+# <base>/<file name> instead (a mirror). The already-binarized result is also downloadable: get_preprocessed.sh.
+NAME=wmt19_en_de
+src=en; tgt=de; lang=en-de
+BPE_TOKENS=40000
+THRESHOLD=1
+URLS=(
+    "http://www.statmt.org/europarl/v9/training/europarl-v9.de-en.tsv.gz"
+    "https://s3.amazonaws.com/web-language-models/paracrawl/release3/en-de.bicleaner07.txt.gz"
+    "http://www.statmt.org/wmt13/training-parallel-commoncrawl.tgz"
+    "http://data.statmt.org/news-commentary/v14/training/news-commentary-v14.de-en.tsv.gz"
+    "http://data.statmt.org/wikititles/v1/wikititles-v1.de-en.tsv.gz"
+    "https://s3-eu-west-1.amazonaws.com/tilde-model/rapid2019.de-en.zip"
+    "http://data.statmt.org/wmt19/translation-task/dev.tgz"
+)
+DICT_URL="https://www.dropbox.com/s/u9h8ns6xe8ux91d/wmt19ende_dict.txt?dl=1"
+URLS+=("$DICT_URL")
+CORPORA=(
+    "en-de.bicleaner07.txt"
+    "news-commentary-v14.de-en.tsv"
+    "wikititles-v1.de-en.tsv"
+    "europarl-v9.de-en.tsv"
+    "commoncrawl.de-en"
+    "rapid2019.de-en"
+)
+TOOLS=(sacremoses subword-nmt fairseq-preprocess)
+set -euo pipefail
+WORKERS="${1:-$(nproc 2>/dev/null || echo 4)}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+[ -x "$PY" ] || PY="$(command -v python3)"
+export PATH="$(dirname "$PY"):$PATH"          # the venv's sacremoses, subword-nmt, fairseq-preprocess
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+DATA="${HAT_DATA_DIR:-data}"
+TEXT="$DATA/text/$NAME"
+BIN="$DATA/binary/$NAME"
+ORIG="$TEXT/orig"
+
+# where a file is fetched from: its URL, or <$HAT_DATA_URL_BASE>/<file name> (a mirror)
+url() { if [ -n "${HAT_DATA_URL_BASE:-}" ]; then local f="${1%%\?*}"; echo "${HAT_DATA_URL_BASE%/}/${f##*/}"; else echo "$1"; fi; }
+die() { echo "error: $*" >&2; exit 2; }
+fetch() {  # URL -> $ORIG/<file name> (resumable, atomic; skipped when already there)
+    "$PY" -m hat.download --quiet --url "$(url "$1")" --dest "$ORIG" || exit 2
+}
+unpack() {  # archive in $ORIG, unpacked once into $ORIG
+    local f="$ORIG/$1" mark="$ORIG/.$1.unpacked"
+    [ -e "$mark" ] && return 0
+    echo "unpacking $1" >&2
+    case "$1" in
+        *.tgz|*.tar.gz) tar -xzf "$f" -C "$ORIG" ;;
+        *.tar) tar -xf "$f" -C "$ORIG" ;;
+        *.zip) "$PY" -m zipfile -e "$f" "$ORIG" ;;
+        *.gz) gunzip -kf "$f" ;;
+    esac
+    touch "$mark"
+}
+tok() {  # LANG [extra sacremoses tokenize flags]: stdin -> Moses-tokenized stdout
+    local l="$1"; shift
+    sacremoses -q -l "$l" -j "$WORKERS" tokenize "$@"
+}
+lower() {  # Unicode lowercasing (Moses lowercase.perl)
+    "$PY" -c 'import sys
+for line in sys.stdin: sys.stdout.write(line.lower())'
+}
+sgm() {  # text of the <seg> lines of an SGML test set (as HAT's scripts)
+    grep '<seg id' "$1" | sed -e 's/<seg id="[0-9]*">\s*//g' -e 's/\s*<\/seg>\s*//g' -e "s/\’/\'/g"
+}
+clean() {  # IN_PREFIX OUT_PREFIX MIN MAX: Moses clean-corpus-n.perl -ratio 1.5 on $src/$tgt
+    paste "$1.$src" "$1.$tgt" | awk -F'\t' -v min="$3" -v max="$4" 'NF == 2 {
+        ns = split($1, a, " "); nt = split($2, b, " ");
+        if (ns >= min && nt >= min && ns <= max && nt <= max && ns <= 1.5 * nt && nt <= 1.5 * ns) print }' > "$2.pairs"
+    cut -f1 "$2.pairs" > "$2.$src"
+    cut -f2 "$2.pairs" > "$2.$tgt"
+    rm -f "$2.pairs"
+}
+
+if [ -e "$BIN" ]; then echo "$BIN already exists: nothing to do (remove it to preprocess again)" >&2; exit 0; fi
+# before anything is written: the network (5 s), then the tools
+checks=(); for u in "${URLS[@]}"; do checks+=("$(url "$u")"); done
+"$PY" -m hat.download --check "${checks[@]}" || exit 2
+for t in "${TOOLS[@]}"; do
+    command -v "$t" >/dev/null 2>&1 || die "$t not found: pip install sacremoses subword-nmt gdown (fairseq-preprocess comes with fairseq)"
+done
+
+mkdir -p "$ORIG"
+WORK="$(mktemp -d "$TEXT/.work.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+tmp="$WORK/tmp"; prep="$WORK/tokenized"; mkdir -p "$tmp" "$prep"
+
+for u in "${URLS[@]:0:7}"; do
+    fetch "$u"
+    f="${u##*/}"; unpack "$f"
+done
+# the tab-separated corpora: one file per language (ParaCrawl is en<TAB>de, the others de<TAB>en)
+cut -f1 "$ORIG/en-de.bicleaner07.txt" > "$ORIG/en-de.bicleaner07.txt.en"
+cut -f2 "$ORIG/en-de.bicleaner07.txt" > "$ORIG/en-de.bicleaner07.txt.de"
+for f in news-commentary-v14.de-en.tsv wikititles-v1.de-en.tsv europarl-v9.de-en.tsv; do
+    cut -f1 "$ORIG/$f" > "$ORIG/$f.de"
+    cut -f2 "$ORIG/$f" > "$ORIG/$f.en"
+done
+
+make_dev_test() {  # LANG src|ref
+    sgm "$ORIG/dev/newstest2017-ende-$2.$1.sgm" | tok $1 -a > "$tmp/valid.$1"
+    sgm "$ORIG/dev/newstest2018-ende-$2.$1.sgm" | tok $1 -a > "$tmp/test.$1"
+}
+
+echo "pre-processing train data..." >&2
+for l in $src $tgt; do
+    rm -f "$tmp/train.tags.$lang.tok.$l"
+    for f in "${CORPORA[@]}"; do
+        sacremoses -q -l $l -j "$WORKERS" normalize -c tokenize -a < "$ORIG/$f.$l" >> "$tmp/train.tags.$lang.tok.$l"
+    done
+done
+
+echo "pre-processing valid/test data..." >&2
+for l in $src $tgt; do
+    if [ "$l" == "$src" ]; then t="src"; else t="ref"; fi
+    make_dev_test $l $t
+done
+
+for l in $src $tgt; do cp "$tmp/train.tags.$lang.tok.$l" "$tmp/train.$l"; done
+
+echo "learning BPE ($BPE_TOKENS merges) on train.$src + train.$tgt..." >&2
+cat "$tmp/train.$src" "$tmp/train.$tgt" | subword-nmt learn-bpe -s $BPE_TOKENS > "$prep/code"
+for l in $src $tgt; do
+    for f in train valid test; do
+        subword-nmt apply-bpe -c "$prep/code" < "$tmp/$f.$l" > "$tmp/bpe.$f.$l"
+    done
+done
+clean "$tmp/bpe.train" "$prep/train" 1 250
+clean "$tmp/bpe.valid" "$prep/valid" 1 250
+for l in $src $tgt; do cp "$tmp/bpe.test.$l" "$prep/test.$l"; done
+
+# HAT binarizes with its own dictionary "to get the same preprocessed data"
+fetch "$DICT_URL"
+echo "binarizing..." >&2
+fairseq-preprocess --source-lang $src --target-lang $tgt \
+    --trainpref "$prep/train" --validpref "$prep/valid" --testpref "$prep/test" \
+    --destdir "$WORK/bin" --thresholdtgt $THRESHOLD --thresholdsrc $THRESHOLD --joined-dictionary \
+    --tgtdict "$ORIG/$(basename "${DICT_URL%%\?*}")" --workers "$WORKERS"
+
+# into place: tokenized text (for BLEU on tokenized references) and the binarized data the configs read
+rm -rf "$TEXT/tokenized"
+mv "$prep" "$TEXT/tokenized"
+mkdir -p "$(dirname "$BIN")"
+mv "$WORK/bin" "$BIN"
+echo "done: $BIN" >&2
