@@ -1,0 +1,272 @@
+"""Evolutionary search (HAT's) under latency AND memory constraints, qkv dim included as a gene.
+
+A gene is HAT's flat list (encoder embed, layer num, per-layer ffn and heads for every super layer, the decoder's
+likewise, arbitrary en-de attention) plus the qkv dim. Every candidate admitted to a population satisfies every
+constraint; children that do not are redrawn (a bounded number of tries). Fitness (lower is better: validation loss
+with inherited weights) is computed once per distinct SubTransformer. The state is saved after every iteration, so
+running the same command again continues where it stopped and ends at the same result as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from hat.errors import ConfigError, HatError
+from hat.space import SearchSpace, SubConfig
+
+
+@dataclass
+class Constraint:
+    name: str  # "latency", "memory"
+    limit: Optional[float]
+    value: Callable[[SubConfig], float]
+    unit: str
+    source: str  # where the value comes from: "predicted", "memory model (fp16 weights + activations)", ...
+
+    def ok(self, v: float) -> bool:
+        return self.limit is None or v <= self.limit
+
+
+@dataclass
+class EvoParams:
+    evo_iter: int = 30
+    population_size: int = 125
+    parent_size: int = 25
+    mutation_size: int = 50
+    crossover_size: int = 50
+    mutation_prob: float = 0.3
+    seed: int = 1
+    max_tries: int = 500  # redraws of a child before the search gives up on it
+
+    def check(self):
+        if self.parent_size > self.population_size:
+            raise ConfigError("parent-size must not exceed population-size")
+        if self.mutation_size + self.crossover_size + self.parent_size != self.population_size:
+            raise ConfigError(
+                f"population-size ({self.population_size}) must equal parent-size + mutation-size + crossover-size "
+                f"({self.parent_size} + {self.mutation_size} + {self.crossover_size})"
+            )
+
+
+class GeneCodec:
+    """SubConfig <-> HAT's flat gene (per-layer positions for every super layer)."""
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+        self.e = max(space.choices["encoder-layer-num-choice"])
+        self.d = max(space.choices["decoder-layer-num-choice"])
+        c = space.choices
+        self.slots: List[Tuple[str, List[int]]] = (
+            [("encoder-embed-choice", c["encoder-embed-choice"]), ("encoder-layer-num-choice", c["encoder-layer-num-choice"])]
+            + [("encoder-ffn-embed-dim-choice", c["encoder-ffn-embed-dim-choice"])] * self.e
+            + [("encoder-self-attention-heads-choice", c["encoder-self-attention-heads-choice"])] * self.e
+            + [("decoder-embed-choice", c["decoder-embed-choice"]), ("decoder-layer-num-choice", c["decoder-layer-num-choice"])]
+            + [("decoder-ffn-embed-dim-choice", c["decoder-ffn-embed-dim-choice"])] * self.d
+            + [("decoder-self-attention-heads-choice", c["decoder-self-attention-heads-choice"])] * self.d
+            + [("decoder-ende-attention-heads-choice", c["decoder-ende-attention-heads-choice"])] * self.d
+            + [("decoder-arbitrary-ende-attn-choice", c["decoder-arbitrary-ende-attn-choice"])] * self.d
+            + [("qkv-dim-choice", c["qkv-dim-choice"])]
+        )
+
+    def random(self, rng: random.Random) -> List[int]:
+        return [rng.choice(vals) for _, vals in self.slots]
+
+    def decode(self, gene: Sequence[int]) -> SubConfig:
+        e, d = self.e, self.d
+        it = iter(gene)
+        take = lambda n: [next(it) for _ in range(n)]
+        enc_embed, enc_layers = take(2)
+        enc_ffn, enc_heads = take(e), take(e)
+        dec_embed, dec_layers = take(2)
+        dec_ffn, dec_heads, ende_heads, arb = take(d), take(d), take(d), take(d)
+        (qkv,) = take(1)
+        arb = [a if a + 1 <= enc_layers else -1 for a in arb[:dec_layers]]
+        return SubConfig(
+            encoder_embed_dim=enc_embed, decoder_embed_dim=dec_embed, encoder_layer_num=enc_layers,
+            decoder_layer_num=dec_layers, encoder_ffn_embed_dim=tuple(enc_ffn[:enc_layers]),
+            decoder_ffn_embed_dim=tuple(dec_ffn[:dec_layers]), encoder_self_attention_heads=tuple(enc_heads[:enc_layers]),
+            decoder_self_attention_heads=tuple(dec_heads[:dec_layers]),
+            decoder_ende_attention_heads=tuple(ende_heads[:dec_layers]), decoder_arbitrary_ende_attn=tuple(arb),
+            qkv_dim=qkv,
+        )
+
+    def mutate(self, gene: Sequence[int], prob: float, rng: random.Random) -> List[int]:
+        return [rng.choice(vals) if rng.random() < prob else g for g, (_, vals) in zip(gene, self.slots)]
+
+    def crossover(self, a: Sequence[int], b: Sequence[int], rng: random.Random) -> List[int]:
+        return [x if rng.random() < 0.5 else y for x, y in zip(a, b)]
+
+
+@dataclass
+class Candidate:
+    gene: List[int]
+    config: SubConfig
+    values: Dict[str, float]  # constraint values
+    loss: Optional[float] = None
+
+
+def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
+    """Indices of points not dominated in (x lower, y lower)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best = [], float("inf")
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+class Evolution:
+    def __init__(self, space: SearchSpace, fitness: Callable[[List[SubConfig]], List[float]],
+                 constraints: List[Constraint], params: EvoParams, state_path: Optional[str] = None,
+                 log: Callable[[str], None] = print):
+        params.check()
+        self.space, self.fitness, self.constraints, self.p = space, fitness, constraints, params
+        self.codec = GeneCodec(space)
+        self.state_path = state_path
+        self.log = log
+        self.losses: Dict[str, float] = {}  # config key -> loss (computed once per distinct SubTransformer)
+        self.values: Dict[str, Dict[str, float]] = {}
+        self.evaluated: Dict[str, Candidate] = {}
+        self.history: List[Dict[str, object]] = []
+
+    # -- constraints -------------------------------------------------------------------------------------------
+    def constraint_values(self, cfg: SubConfig) -> Dict[str, float]:
+        k = cfg.key()
+        if k not in self.values:
+            self.values[k] = {c.name: float(c.value(cfg)) for c in self.constraints}
+        return self.values[k]
+
+    def feasible(self, cfg: SubConfig) -> bool:
+        v = self.constraint_values(cfg)
+        return all(c.ok(v[c.name]) for c in self.constraints)
+
+    def check_feasible(self, probes: int = 2000):
+        """Stop at once, with the smallest values the space allows, if no config meets the constraints."""
+        rng = random.Random(f"feasibility:{self.p.seed}")
+        cands = [self.space.smallest()] + [self.codec.decode(self.codec.random(rng)) for _ in range(probes)]
+        best = {c.name: float("inf") for c in self.constraints}
+        for cfg in cands:
+            if self.feasible(cfg):
+                return
+            for c in self.constraints:
+                best[c.name] = min(best[c.name], self.constraint_values(cfg)[c.name])
+        parts = [f"{c.name} <= {c.limit:g} {c.unit}" for c in self.constraints if c.limit is not None]
+        mins = [f"{c.name} {best[c.name]:.3f} {c.unit} ({c.source})" for c in self.constraints]
+        raise HatError(
+            f"infeasible constraints ({', '.join(parts)}): no SubTransformer in the space meets them; the smallest the "
+            f"space allows is {', '.join(mins)}"
+        )
+
+    def _draw(self, make: Callable[[], List[int]]) -> Candidate:
+        for _ in range(self.p.max_tries):
+            gene = make()
+            cfg = self.codec.decode(gene)
+            if self.feasible(cfg):
+                return Candidate(gene, cfg, self.constraint_values(cfg))
+        raise HatError(f"no feasible child found in {self.p.max_tries} tries; loosen the constraints")
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    def _save(self, it: int, population: List[Candidate], rng: random.Random):
+        if not self.state_path:
+            return
+        state = {
+            "iteration": it,
+            "population": [c.gene for c in population],
+            "losses": self.losses,
+            "rng": _rng_to_json(rng.getstate()),
+            "history": self.history,
+            "params": self._resumable_params(),
+            "fingerprint": self.space.fingerprint(),
+            "constraints": {c.name: c.limit for c in self.constraints},
+        }
+        tmp = self.state_path + ".tmp"
+        os.makedirs(os.path.dirname(os.path.abspath(self.state_path)) or ".", exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, self.state_path)
+
+    def _resumable_params(self):
+        """Settings a saved search must share with this one (evo-iter may grow: the search goes on)."""
+        return {k: v for k, v in self.p.__dict__.items() if k != "evo_iter"}
+
+    def _load(self):
+        if not self.state_path or not os.path.isfile(self.state_path):
+            return None
+        with open(self.state_path) as f:
+            state = json.load(f)
+        same = (state.get("params") == self._resumable_params() and state.get("fingerprint") == self.space.fingerprint()
+                and state.get("constraints") == {c.name: c.limit for c in self.constraints})
+        if not same:
+            raise ConfigError(f"{self.state_path} belongs to a search with other settings; remove it to start anew")
+        return state
+
+    # -- evolution ------------------------------------------------------------------------------------------------
+    def score(self, cands: List[Candidate]):
+        todo = {}
+        for c in cands:
+            k = c.config.key()
+            if k not in self.losses and k not in todo:
+                todo[k] = c.config
+        if todo:
+            for k, loss in zip(todo, self.fitness(list(todo.values()))):
+                self.losses[k] = float(loss)
+        for c in cands:
+            c.loss = self.losses[c.config.key()]
+            self.evaluated[c.config.key()] = c
+
+    def run(self, progress=None) -> Candidate:
+        self.check_feasible()
+        state = self._load()
+        rng = random.Random(f"evo:{self.p.seed}")
+        if state is None:
+            start = 0
+            population = [self._draw(lambda: self.codec.random(rng)) for _ in range(self.p.population_size)]
+        else:
+            start = state["iteration"]
+            rng.setstate(_rng_from_json(state["rng"]))
+            self.losses.update(state["losses"])
+            self.history = state["history"]
+            population = []
+            for gene in state["population"]:
+                cfg = self.codec.decode(gene)
+                population.append(Candidate(gene, cfg, self.constraint_values(cfg)))
+            self.log(f"| resuming the search at iteration {start + 1} of {self.p.evo_iter} from {self.state_path}")
+            if start >= self.p.evo_iter:
+                self.score(population)
+        for it in range(start, self.p.evo_iter):
+            self.score(population)
+            population.sort(key=lambda c: (c.loss, c.config.key()))
+            parents = population[: self.p.parent_size]
+            best = parents[0]
+            self.history.append({"iteration": it + 1, "best_loss": best.loss, "best": best.config.key(),
+                                 **{f"best_{k}": v for k, v in best.values.items()}})
+            self.log(f"| iteration {it + 1}: best loss {best.loss:.4f} "
+                     + " ".join(f"{k} {v:.3f}" for k, v in best.values.items()))
+            mutations = [
+                self._draw(lambda: self.codec.mutate(rng.choice(parents).gene, self.p.mutation_prob, rng))
+                for _ in range(self.p.mutation_size)
+            ]
+            crossovers = [
+                self._draw(lambda: self.codec.crossover(*rng.sample([c.gene for c in parents], 2), rng)
+                           if len(parents) > 1 else list(parents[0].gene))
+                for _ in range(self.p.crossover_size)
+            ]
+            population = parents + mutations + crossovers
+            self._save(it + 1, population, rng)
+            if progress is not None:
+                progress(it + 1)
+        self.score(population)
+        return min(population, key=lambda c: (c.loss, c.config.key()))
+
+
+def _rng_to_json(state):
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _rng_from_json(s):
+    return (s[0], tuple(s[1]), s[2])
