@@ -42,15 +42,17 @@ def quiet_fairseq_imports():
     logging.getLogger("fairseq.tasks.text_to_speech").setLevel(logging.WARNING)
 
 
-def build_args(argv: Sequence[str], extra_parser_hook=None, data_optional: bool = False):
+def build_args(argv: Sequence[str], extra_parser_hook=None, data_optional: bool = False,
+               extra_config_flags: Sequence[str] = ()):
     """Parse train.py's command line into fairseq args. Raises ConfigError for unknown keys/flags."""
     quiet_fairseq_imports()
     from fairseq import options
 
     import hat.fairseq_plugin  # noqa: F401  (registers transformersuper and translation_hat)
 
-    found, cli = split_config_flags(argv)
-    loaded = Loaded([found.get("configs"), found.get("sub_configs")])
+    flags = ("--configs", "--sub-configs") + tuple(extra_config_flags)
+    found, cli = split_config_flags(argv, flags)
+    loaded = Loaded([found.get(f.lstrip("-").replace("-", "_")) for f in flags])
     values = _hat_compat(loaded.values)
     loaded.origin.setdefault("lr", loaded.origin.get("max-lr", ""))
     yaml_argv, positional = to_argv(values, positional=("data",))
@@ -79,6 +81,8 @@ def build_args(argv: Sequence[str], extra_parser_hook=None, data_optional: bool 
         extra_parser_hook(parser)
     args, extra = options.parse_args_and_arch(parser, full, parse_known=True)
     loaded.check_known(parser_option_names(parser), ignore=("data", "max-lr"))
+    for f in extra_config_flags:
+        setattr(args, f.lstrip("-").replace("-", "_"), found.get(f.lstrip("-").replace("-", "_")))
     if extra:
         raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
     args.configs, args.sub_configs = found.get("configs"), found.get("sub_configs")
