@@ -1,0 +1,383 @@
+"""convert2rknn.py: exported ONNX graphs -> RKNN models for the Rockchip NPU (rknn-toolkit2), checked in its simulator.
+
+    python convert2rknn.py --onnx-name=NAME [--enc | --dec] [--configs=configs/<task>/convert_onnx/common.yml]
+        [--target-platform rk3588] [--precision fp16|int8] [--data data-bin/<task>] [--verify]
+
+Reads ``<onnx-dir>/<NAME>_<part>.onnx`` and its JSON sidecar (written by convert2onnx.py), writes
+``<rknn-dir>/<NAME>_<part>.<platform>.<precision>.rknn`` and a ``.json`` next to it (platform, precision, shapes,
+inputs/outputs, sha256 of the source ONNX and of the .rknn), and the toolkit's log as ``.log``.
+
+* fp16 (default, ``do_quantization=False``) is the safe precision on the RK3588 NPU.
+* int8 (w8a8) needs a calibration set: inputs recorded while the ONNX graphs (onnxruntime) translate sentences of the
+  data dir's ``calib-split`` (token ids from fairseq's binarized files), saved as .npy files listed in a .txt (one
+  line per sample, one .npy per model input, in input order), as rknn-toolkit2 expects.
+* ``--verify`` runs the toolkit's simulator (``init_runtime()`` without a target) on sample inputs recorded the same
+  way and compares every output with onnxruntime (cosine similarity, max abs error); fp16 must reach cosine
+  >= :data:`FP16_MIN_COSINE`, or nothing is written.
+
+RK3588 notes: static shapes only (the graphs have them); 4-D inputs are fed as NCHW (``data_format='nchw'``), as
+given in the sidecar; int64 inputs are token ids and positions (embedding gathers).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from hat.errors import ConfigError
+from hat.export import (
+    PARTS,
+    ExportError,
+    ToolkitMissingError,
+    atomic_output,
+    onnx_path,
+    read_sidecar,
+    rknn_path,
+    sha256_file,
+    write_json,
+)
+
+PLATFORMS = ("rk3588", "rk3576", "rk3566", "rk3568", "rk3562")
+FP16_MIN_COSINE = 0.999
+RKNN_FORMAT = "hat-rknn/1"
+
+
+def require_rknn():
+    try:
+        from rknn.api import RKNN  # noqa: F401
+    except ImportError:
+        raise ToolkitMissingError(
+            "rknn-toolkit2 is not installed (pip install rknn-toolkit2; Linux x86_64/aarch64, Python 3.8-3.12)"
+        ) from None
+    return RKNN
+
+
+def toolkit_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("rknn-toolkit2")
+    except Exception:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def quiet(log_path: str):
+    """Send everything the toolkit prints (Python and native, progress bars included) to ``log_path``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    tqdm_env = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the toolkit's progress bars cost time even when nobody sees them
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            if tqdm_env is None:
+                os.environ.pop("TQDM_DISABLE", None)
+            else:
+                os.environ["TQDM_DISABLE"] = tqdm_env
+
+
+def _last_error(log_path: str) -> str:
+    try:
+        with open(log_path, errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except OSError:
+        return ""
+    errs = [ln for ln in lines if ln.startswith(("E ", "\x1b[1;31mE")) and "Unkown op target" not in ln]
+    pick = errs[-1] if errs else (lines[-1] if lines else "")
+    return pick.replace("\x1b[1;31m", "").replace("\x1b[0m", "")[:300]
+
+
+# ---- sample inputs (verification, calibration) ------------------------------------------------------------------------
+def infer_langs(data_dir: str, split: str) -> Tuple[str, str]:
+    """(source, target) language from fairseq's file names ``<split>.<src>-<tgt>.<lang>.idx``."""
+    for f in sorted(os.listdir(data_dir)):
+        parts = f.split(".")
+        if len(parts) == 4 and parts[0] == split and parts[3] == "idx" and "-" in parts[1]:
+            src, tgt = parts[1].split("-", 1)
+            return src, tgt
+    raise ExportError(f"no binarized {split} split in {data_dir} (expected {split}.<src>-<tgt>.<lang>.idx)")
+
+
+def load_split(data_dir: str, split: str, src: Optional[str] = None, tgt: Optional[str] = None,
+               limit: Optional[int] = None) -> List[List[int]]:
+    """Source token ids (EOS-terminated, as fairseq binarized them) of a split."""
+    if not data_dir or not os.path.isdir(data_dir):
+        raise ExportError(f"data directory not found: {data_dir}")
+    if src is None or tgt is None:
+        isrc, itgt = infer_langs(data_dir, split)
+        src, tgt = src or isrc, tgt or itgt
+    prefix = os.path.join(data_dir, f"{split}.{src}-{tgt}.{src}")
+    if not os.path.isfile(prefix + ".idx"):
+        raise ExportError(f"binarized split not found: {prefix}.idx")
+    import logging
+
+    from hat.train import quiet_fairseq_imports
+
+    quiet_fairseq_imports()
+    logging.getLogger("fairseq.data.data_utils").setLevel(logging.WARNING)
+    from fairseq.data import data_utils
+
+    ds = data_utils.load_indexed_dataset(prefix, None)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    return [ds[i].tolist() for i in range(n)]
+
+
+class _Recorder:
+    """Wraps an OrtRunner and keeps the feeds (and onnxruntime's outputs) of every graph call."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.calls = {"enc": [], "dec": []}
+        self._enc, self._dec = runner.run_encoder, runner.run_decoder
+        runner.run_encoder = self._wrap("enc", self._enc)
+        runner.run_decoder = self._wrap("dec", self._dec)
+
+    def _wrap(self, part, fn):
+        specs = (self.runner.enc_meta if part == "enc" else self.runner.dec_meta)["inputs"]
+
+        def call(feeds):
+            out = fn(feeds)
+            self.calls[part].append(({s["name"]: np.array(feeds[s["name"]]) for s in specs}, out))
+            return out
+
+        return call
+
+
+def record_samples(onnx_dir: str, name: str, sentences: Sequence[Sequence[int]]) -> Dict[str, list]:
+    """Translate ``sentences`` with the exported graphs in onnxruntime (beam from the sidecar) and return every
+    encoder / decoder-step call as (feeds, onnxruntime outputs)."""
+    from hat.export.decode import OrtRunner, translate
+
+    runner = OrtRunner(onnx_dir, name)
+    rec = _Recorder(runner)
+    translate(runner, sentences, runner.beam, runner.src_len, runner.tgt_len, batch_size=runner.batch_size,
+              lenpen=runner.dec_meta.get("lenpen", 1.0))
+    return rec.calls
+
+
+def sample_sentences(meta: dict, data_dir: Optional[str], split: str, n: int, src=None, tgt=None, seed: int = 0):
+    """``n`` source sentences: the first ones of the data dir's split, or random token ids without a data dir."""
+    if data_dir:
+        sents = load_split(data_dir, split, src, tgt, limit=n)
+        if sents:
+            return sents, f"{split} split of {data_dir}"
+    rng = np.random.default_rng(seed)
+    vocab, src_len = meta["tokens"]["src_vocab"], meta["shapes"]["src_len"]
+    return [list(rng.integers(4, vocab, int(rng.integers(2, src_len)))) for _ in range(n)], "random token ids"
+
+
+def pick(calls: list, n: int) -> list:
+    if len(calls) <= n:
+        return calls
+    idx = np.linspace(0, len(calls) - 1, n).round().astype(int)
+    return [calls[i] for i in idx]
+
+
+def write_dataset(samples: list, specs: List[dict], out_dir: str, txt_path: str) -> str:
+    """.npy per input per sample under ``out_dir``, listed in ``txt_path`` (one line per sample)."""
+    os.makedirs(out_dir, exist_ok=True)
+    lines = []
+    for k, (feeds, _) in enumerate(samples):
+        paths = []
+        for s in specs:
+            p = os.path.abspath(os.path.join(out_dir, f"{k:04d}_{s['name']}.npy"))
+            np.save(p, feeds[s["name"]])
+            paths.append(p)
+        lines.append(" ".join(paths))
+    with atomic_output(txt_path) as tmp:
+        with open(tmp, "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return txt_path
+
+
+# ---- build / verify --------------------------------------------------------------------------------------------------------
+def compare(got: Sequence[np.ndarray], want: Sequence[np.ndarray], names: Sequence[str]) -> Dict[str, dict]:
+    out = {}
+    for name, a, b in zip(names, got, want):
+        a = np.asarray(a, np.float64).reshape(b.shape) if np.asarray(a).size == b.size else np.asarray(a, np.float64)
+        b = np.asarray(b, np.float64)
+        if a.shape != b.shape:
+            raise ExportError(f"simulator output {name} has shape {a.shape}, onnxruntime {b.shape}")
+        denom = np.linalg.norm(a) * np.linalg.norm(b)
+        cos = float((a * b).sum() / denom) if denom > 0 else float(np.array_equal(a, b))
+        out[name] = {"cosine": cos, "max_abs_err": float(np.abs(a - b).max())}
+    return out
+
+
+def build_part(onnx_dir: str, name: str, part: str, platform: str, precision: str, rknn_dir: str,
+               data_dir: Optional[str] = None, split: str = "valid", calib_size: int = 16, verify: bool = False,
+               verify_samples: int = 4, src_lang=None, tgt_lang=None, log=print) -> dict:
+    """Build one graph; returns the summary (also written as JSON next to the .rknn)."""
+    from hat.export.onnx import scan_ops
+
+    RKNN = require_rknn()
+    if platform not in PLATFORMS:
+        raise ConfigError(f"target-platform {platform!r} is not one of {', '.join(PLATFORMS)}")
+    meta = read_sidecar(onnx_dir, name, part)
+    src = onnx_path(onnx_dir, name, part)
+    if not os.path.isfile(src):
+        raise ExportError(f"ONNX graph not found: {src}")
+    onnx_sha = sha256_file(src)
+    if onnx_sha != meta["sha256"]:
+        raise ExportError(f"{src} changed since convert2onnx.py wrote its sidecar (sha256 mismatch): export again")
+    scan_ops(src, os.path.basename(src))
+    out = rknn_path(rknn_dir, name, part, platform, precision)
+    log_path = out[: -len(".rknn")] + ".log"
+    os.makedirs(rknn_dir, exist_ok=True)
+    if os.path.exists(log_path):
+        os.remove(log_path)
+
+    need_samples = precision == "int8" or verify
+    calls, sample_source = None, None
+    if need_samples:
+        # one encoder call per batch of sentences, many decoder calls: enough sentences for the encoder's samples
+        n_calls = max(calib_size if precision == "int8" else 0, verify_samples if verify else 0, 1)
+        n_sent = min(n_calls, 64) * meta["shapes"]["batch_size"] if part == "enc" else max(2, min(n_calls, 8))
+        sents, sample_source = sample_sentences(meta, data_dir, split, n_sent, src_lang, tgt_lang)
+        calls = record_samples(onnx_dir, name, sents)[part]
+
+    specs = meta["inputs"]
+    dataset = None
+    if precision == "int8":
+        calib = pick(calls, calib_size)
+        calib_dir = out[: -len(".rknn")] + ".calib"
+        dataset = write_dataset(calib, specs, calib_dir, calib_dir + ".txt")
+        log(f"| calibration set: {len(calib)} samples of {sample_source} -> {dataset}")
+
+    t0 = time.perf_counter()
+    summary = {
+        "format": RKNN_FORMAT, "part": part, "name": name, "rknn": os.path.basename(out), "platform": platform,
+        "precision": precision, "onnx": os.path.basename(src), "onnx_sha256": onnx_sha,
+        "shapes": meta["shapes"], "inputs": meta["inputs"], "outputs": meta["outputs"],
+        "input_layout": "4-D inputs NCHW as listed (rknn inference(data_format='nchw'))",
+        "config_key": meta["config_key"], "toolkit": f"rknn-toolkit2 {toolkit_version()}",
+        "calibration": {"dataset": dataset, "samples": len(pick(calls, calib_size)), "source": sample_source}
+        if dataset else None,
+    }
+    with atomic_output(out) as tmp:
+        rk = None
+        try:
+            with quiet(log_path):
+                rk = RKNN(verbose=False)
+                steps = [
+                    ("config", lambda: rk.config(target_platform=platform, **(
+                        {"quantized_dtype": "w8a8"} if precision == "int8" else {}))),
+                    ("load_onnx", lambda: rk.load_onnx(model=src)),
+                    ("build", lambda: rk.build(do_quantization=precision == "int8", dataset=dataset)),
+                    ("export_rknn", lambda: rk.export_rknn(tmp)),
+                ]
+                for step, fn in steps:
+                    try:
+                        ret = fn()
+                    except Exception as e:  # the toolkit raises anything, with its traceback in the message
+                        ret, exc = -1, e
+                    else:
+                        exc = None
+                    if ret not in (0, None):
+                        why = _last_error(log_path) or (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+                        raise ExportError(f"rknn-toolkit2 {step} failed for {os.path.basename(src)}: {why} "
+                                          f"(log: {log_path})")
+            summary["build_seconds"] = round(time.perf_counter() - t0, 3)
+            if verify:
+                summary["verify"] = simulate(rk, meta, pick(calls, verify_samples), log_path, precision)
+                summary["verify"]["samples_from"] = sample_source
+        finally:
+            if rk is not None:
+                with quiet(log_path):
+                    rk.release()
+        summary["sha256"] = sha256_file(tmp)
+    write_json(out[: -len(".rknn")] + ".json", summary)
+    log(f"| wrote {out} ({platform}, {precision}, built in {summary['build_seconds']:.2f} s [measured])")
+    if verify:
+        for o, r in summary["verify"]["outputs"].items():
+            log(f"| {part} {o}: cosine {r['cosine']:.6f}, max abs err {r['max_abs_err']:.3g} "
+                f"[simulator vs measured:onnxruntime, {summary['verify']['samples']} samples]")
+    return summary
+
+
+def simulate(rk, meta: dict, samples: list, log_path: str, precision: str) -> dict:
+    """Run the simulator on ``samples`` ((feeds, onnxruntime outputs) pairs); worst cosine / max error per output.
+    Raises ExportError if fp16 falls below FP16_MIN_COSINE (the .rknn is then not written)."""
+    names = [o["name"] for o in meta["outputs"]]
+    specs = meta["inputs"]
+    worst: Dict[str, dict] = {}
+    with quiet(log_path):
+        ret = rk.init_runtime()
+    if ret != 0:
+        raise ExportError(f"rknn-toolkit2 simulator init_runtime failed: {_last_error(log_path)} (log: {log_path})")
+    for feeds, want in samples:
+        inputs = [np.ascontiguousarray(feeds[s["name"]]) for s in specs]
+        fmt = ["nchw"] * len(inputs)  # only 4-D inputs are affected: they are given NCHW, as exported
+        try:
+            with quiet(log_path):
+                got = rk.inference(inputs=inputs, data_format=fmt)
+        except Exception as e:
+            raise ExportError(f"rknn-toolkit2 simulator inference failed: {str(e).strip().splitlines()[-1]} "
+                              f"(log: {log_path})") from None
+        if got is None:
+            raise ExportError(f"rknn-toolkit2 simulator inference failed: {_last_error(log_path)} (log: {log_path})")
+        res = compare(got, [want[n] for n in names], names)
+        for n, r in res.items():
+            w = worst.setdefault(n, {"cosine": 1.0, "max_abs_err": 0.0})
+            w["cosine"] = min(w["cosine"], r["cosine"])
+            w["max_abs_err"] = max(w["max_abs_err"], r["max_abs_err"])
+    result = {"samples": len(samples), "outputs": worst, "source": "simulator vs measured:onnxruntime",
+              "min_cosine": min(w["cosine"] for w in worst.values()) if worst else None}
+    if precision == "fp16" and result["min_cosine"] is not None and result["min_cosine"] < FP16_MIN_COSINE:
+        bad = min(worst, key=lambda n: worst[n]["cosine"])
+        raise ExportError(f"simulator fp16 output {bad} has cosine {worst[bad]['cosine']:.6f} < {FP16_MIN_COSINE} "
+                          f"against onnxruntime [simulator]")
+    return result
+
+
+# ---- command line ---------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from hat.config import stage_parser
+    from hat.export.onnx import add_export_args
+
+    p = stage_parser("Build RKNN models from the ONNX graphs convert2onnx.py wrote (rknn-toolkit2).")
+    p.add_argument("--configs", help="export YAML (configs/<task>/convert_onnx/common.yml)")
+    p.add_argument("--sub-configs", help="second YAML, read after --configs")
+    p.add_argument("--onnx-name", help="export name NAME of <onnx-dir>/NAME_enc.onnx / NAME_dec.onnx (default: name)")
+    p.add_argument("--enc", action="store_true", help="the encoder only")
+    p.add_argument("--dec", action="store_true", help="the decoder step only")
+    p.add_argument("--verify", action="store_true", help="compare the simulator with onnxruntime on sample inputs")
+    p.add_argument("--verify-samples", type=int, default=4, help="graph calls compared by --verify")
+    add_export_args(p)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from hat.config import parse_stage
+    from hat.export.onnx import parts_from_args
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_stage(build_parser(), argv, ("--configs", "--sub-configs"))
+    name = args.onnx_name or args.name
+    if not name:
+        raise ConfigError("--onnx-name NAME is required (the name convert2onnx.py exported under)")
+    if args.target_platform not in PLATFORMS:
+        raise ConfigError(f"target-platform {args.target_platform!r} is not one of {', '.join(PLATFORMS)}")
+    require_rknn()
+    for part in parts_from_args(args):
+        build_part(args.onnx_dir, name, part, args.target_platform, args.precision, args.rknn_dir or args.onnx_dir,
+                   data_dir=args.data, split=args.calib_split, calib_size=args.calib_size, verify=args.verify,
+                   verify_samples=args.verify_samples, src_lang=args.source_lang, tgt_lang=args.target_lang)
+    return 0
