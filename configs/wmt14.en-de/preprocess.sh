@@ -36,7 +36,7 @@ ORIG="$TEXT/orig"
 url() { if [ -n "${HAT_DATA_URL_BASE:-}" ]; then local f="${1%%\?*}"; echo "${HAT_DATA_URL_BASE%/}/${f##*/}"; else echo "$1"; fi; }
 die() { echo "error: $*" >&2; exit 2; }
 fetch() {  # URL -> $ORIG/<file name> (resumable, atomic; skipped when already there)
-    "$PY" -m hat.download --quiet --url "$(url "$1")" --dest "$ORIG" || exit 2
+    "$PY" -m hat.download --url "$(url "$1")" --dest "$ORIG" || exit 2
 }
 unpack() {  # archive in $ORIG, unpacked once into $ORIG
     local f="$ORIG/$1" mark="$ORIG/.$1.unpacked"
@@ -85,7 +85,7 @@ tmp="$WORK/tmp"; prep="$WORK/tokenized"; mkdir -p "$tmp" "$prep"
 
 if [ -z "$ARCHIVE" ]; then
     # the registry's wmt16_en_de_google: Google Drive through gdown, or <$HAT_DATA_URL_BASE>/wmt16_en_de.tar.gz
-    "$PY" "$ROOT/download_model.py" --quiet --model-name wmt16_en_de_google --dest "$ORIG" || exit 2
+    "$PY" "$ROOT/download_model.py" --model-name wmt16_en_de_google --dest "$ORIG" || exit 2
     ARCHIVE="$ORIG/wmt16_en_de.tar.gz"
 fi
 tar -xzf "$ARCHIVE" -C "$prep"

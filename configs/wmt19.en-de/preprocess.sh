@@ -52,7 +52,7 @@ ORIG="$TEXT/orig"
 url() { if [ -n "${HAT_DATA_URL_BASE:-}" ]; then local f="${1%%\?*}"; echo "${HAT_DATA_URL_BASE%/}/${f##*/}"; else echo "$1"; fi; }
 die() { echo "error: $*" >&2; exit 2; }
 fetch() {  # URL -> $ORIG/<file name> (resumable, atomic; skipped when already there)
-    "$PY" -m hat.download --quiet --url "$(url "$1")" --dest "$ORIG" || exit 2
+    "$PY" -m hat.download --url "$(url "$1")" --dest "$ORIG" || exit 2
 }
 unpack() {  # archive in $ORIG, unpacked once into $ORIG
     local f="$ORIG/$1" mark="$ORIG/.$1.unpacked"
