@@ -8,11 +8,17 @@ fixed architecture.
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
 
 from fairseq import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
+
+
+logger = logging.getLogger(__name__)
+_LOG_SAMPLES = bool(os.environ.get("HAT_LOG_SAMPLES"))  # debugging/benchmarks: log every rank's sampled config
 
 
 def _samples(model):
@@ -24,6 +30,11 @@ class TranslationHatTask(TranslationTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if _samples(model):
             model.set_sample_config(model.sample_for_update(update_num))
+            if _LOG_SAMPLES:
+                import torch.distributed as dist
+
+                rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+                logger.info(f"hat-sample rank={rank} update={update_num} config={model.sample_config.key()}")
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def valid_step(self, sample, model, criterion):
