@@ -48,9 +48,10 @@ class ModelOptions:
         return dataclasses.asdict(self)
 
 
-def _additive_ok(allowed: torch.Tensor) -> torch.Tensor:
-    """bool 'may attend' mask -> additive float mask (0 / -inf)."""
-    return torch.zeros(allowed.shape, dtype=torch.get_default_dtype(), device=allowed.device).masked_fill(
+def _additive_ok(allowed: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """bool 'may attend' mask -> additive float mask (0 / -inf) of the model's dtype."""
+    dtype = dtype or torch.get_default_dtype()
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
         ~allowed, float("-inf")
     )
 
@@ -173,10 +174,11 @@ class TransformerEncoder(nn.Module):
         and ``padding_mask`` (B, S), True at pads."""
         d = self.sample_dim
         scale = 1.0 if self.opt.no_scale_embedding else math.sqrt(d)
-        x = scale * self.embed_tokens(src_tokens, d) + self.embed_positions(src_tokens, d, positions)
+        emb = self.embed_tokens(src_tokens, d)
+        x = scale * emb + self.embed_positions(src_tokens, d, positions, dtype=emb.dtype)
         x = F.dropout(x, self.opt.dropout, self.training)
         padding_mask = src_tokens.eq(self.opt.padding_idx)
-        attn_mask = _additive_ok(~padding_mask[:, None, None, :])
+        attn_mask = _additive_ok(~padding_mask[:, None, None, :], x.dtype)
         states: List[torch.Tensor] = []
         for i in range(self.sample_layers):
             x = self.layers[i](x, attn_mask)
@@ -256,16 +258,17 @@ class TransformerDecoder(nn.Module):
         if cache is not None:
             prev_tokens, positions = prev_tokens[:, -1:], positions[:, -1:]
         scale = 1.0 if self.opt.no_scale_embedding else math.sqrt(d)
-        x = scale * self.embed_tokens(prev_tokens, d) + self.embed_positions(prev_tokens, d, positions)
+        emb = self.embed_tokens(prev_tokens, d)
+        x = scale * emb + self.embed_positions(prev_tokens, d, positions, dtype=emb.dtype)
         x = F.dropout(x, self.opt.dropout, self.training)
         t = x.size(1)
-        self_mask = None if cache is not None else self.causal_mask[:t, :t]
+        self_mask = None if cache is not None else self.causal_mask[:t, :t].to(x.dtype)
         masks = {}
         for i in range(self.sample_layers):
             k = max(self.arbitrary_ende_attn[i], 0) + 1
             if k not in masks:
                 feed, pad = self.encoder_inputs(enc, i)
-                masks[k] = (feed, _additive_ok(~pad[:, None, None, :]))
+                masks[k] = (feed, _additive_ok(~pad[:, None, None, :], x.dtype))
             feed, enc_mask = masks[k]
             layer_cache = None if cache is None else cache.setdefault(i, {})
             x = self.layers[i](x, self_mask, feed, enc_mask, layer_cache)

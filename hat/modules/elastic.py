@@ -125,13 +125,15 @@ class ElasticSinusoidalPositions(nn.Module):
         if t > self.max_positions:
             raise ValueError(f"sequence of {t} tokens exceeds max positions {self.max_positions}")
         mask = tokens.ne(self.padding_idx)
-        counts = torch.matmul(mask.to(self.upper.dtype), self.upper[:t, :t])  # inclusive count of non-pads
+        upper = self.upper[:t, :t].float()  # counted in fp32 even in an fp16 model (exact integers)
+        counts = torch.matmul(mask.float(), upper)  # inclusive count of non-pads
         return (counts.long() * mask.long()) + self.padding_idx
 
-    def forward(self, tokens: torch.Tensor, dim: int, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, dim: int, positions: Optional[torch.Tensor] = None,
+                dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         if positions is None:
             positions = self.positions(tokens)
-        return F.embedding(positions, self.table(dim, tokens.device, torch.get_default_dtype()))
+        return F.embedding(positions, self.table(dim, tokens.device, dtype or torch.get_default_dtype()))
 
 
 class ElasticMultiheadAttention(nn.Module):
