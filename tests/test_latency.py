@@ -115,6 +115,7 @@ class FakeRKNNLite:
 
     NPU_CORE_AUTO, NPU_CORE_0, NPU_CORE_1, NPU_CORE_2, NPU_CORE_0_1, NPU_CORE_0_1_2 = 0, 1, 2, 4, 3, 7
     calls = []
+    formats = []  # (file, data_format) of every inference call
     now = 0.0  # a fake clock (seconds): each inference takes 1 ms
 
     def load_rknn(self, path):
@@ -125,8 +126,9 @@ class FakeRKNNLite:
         FakeRKNNLite.calls.append(("init", os.path.basename(self.path), core_mask))
         return 0
 
-    def inference(self, inputs):
+    def inference(self, inputs, data_format=None):
         FakeRKNNLite.calls.append(("infer", os.path.basename(self.path), tuple(a.shape for a in inputs)))
+        FakeRKNNLite.formats.append((os.path.basename(self.path), data_format))
         FakeRKNNLite.now += 0.001
         return [inputs[0].astype("float32")]
 
@@ -166,6 +168,18 @@ def test_board_runner_with_fake_rknnlite_writes_and_resumes(tmp_path):
     FakeRKNNLite.calls = []
     board.run(str(tmp_path), RKNNLite=FakeRKNNLite, log=io.StringIO())
     assert FakeRKNNLite.calls == []
+
+
+def test_board_runner_passes_the_manifests_layouts_as_data_format(tmp_path):
+    manifest = _bundle(tmp_path, ["eee"])
+    dec_inputs = manifest["models"][0]["decoder"]["inputs"]
+    dec_inputs[1]["shape"] = [2, 4, 3, 8]  # a 4-D cache, NCHW as exported
+    dec_inputs[1]["layout"] = "nchw"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    FakeRKNNLite.formats = []
+    board.run(str(tmp_path), RKNNLite=FakeRKNNLite, clock=lambda: FakeRKNNLite.now, log=io.StringIO())
+    formats = set((f, tuple(d) if d else d) for f, d in FakeRKNNLite.formats)
+    assert formats == {("eee_enc.rknn", None), ("eee_dec.rknn", ("nchw", "nchw"))}  # no layout given: not passed
 
 
 def test_board_runner_records_a_failure_without_numbers(tmp_path):

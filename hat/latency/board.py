@@ -53,6 +53,16 @@ def dummy_inputs(spec):
     return out
 
 
+def data_format(spec):
+    """The ``data_format`` list for ``RKNNLite.inference`` from the manifest's per-input ``layout`` (the graphs' 4-D
+    inputs are NCHW: rknn-toolkit2 rejects them as NHWC, its default). None when no input gives a layout (then the
+    argument is not passed). Inputs without a layout get "nchw", which rknn ignores for inputs that are not 4-D."""
+    layouts = [inp.get("layout") for inp in spec["inputs"]]
+    if not any(layouts):
+        return None
+    return [layout or "nchw" for layout in layouts]
+
+
 def trimmed(xs, trim):
     xs = sorted(xs)
     n = len(xs)
@@ -76,14 +86,17 @@ def measure_model(RKNNLite, bundle, entry, protocol, core_mask, clock=time.perf_
     dec = load(RKNNLite, os.path.join(bundle, entry["decoder"]["file"]), core_mask)
     try:
         enc_in, dec_in = dummy_inputs(entry["encoder"]), dummy_inputs(entry["decoder"])
+        fmt = data_format(entry["encoder"]), data_format(entry["decoder"])
+        enc_kw = {"data_format": fmt[0]} if fmt[0] else {}
+        dec_kw = {"data_format": fmt[1]} if fmt[1] else {}
         enc_ms, dec_ms = [], []
         for i in range(protocol["warmup"] + protocol["repeats"]):
             t0 = clock()
-            if enc.inference(inputs=enc_in) is None:
+            if enc.inference(inputs=enc_in, **enc_kw) is None:
                 raise RuntimeError("encoder inference returned nothing")
             t1 = clock()
             for _ in range(protocol["tgt_len"]):
-                if dec.inference(inputs=dec_in) is None:
+                if dec.inference(inputs=dec_in, **dec_kw) is None:
                     raise RuntimeError("decoder inference returned nothing")
             t2 = clock()
             if i >= protocol["warmup"]:

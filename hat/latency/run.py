@@ -4,7 +4,9 @@
 
 The YAML is HAT's latency_dataset layout (the space and model keys of the SuperTransformer plus ``lat-dataset-path``,
 ``lat-dataset-size``, ``latcpu``/``latgpu``, ``latiter``, ``latsilent``) with ``latency-backend`` choosing any
-backend (cpu, gpu, onnxruntime, npu, npu-adb).
+backend (cpu, gpu, onnxruntime, npu, npu-adb). ``npu`` times nothing here: it builds a bundle of RKNN models for the
+board (hat/latency/board.py runs it there) and ``--collect RESULTS.jsonl`` merges the board's results into the
+dataset; see :mod:`hat.latency.backends`.
 """
 from __future__ import annotations
 
@@ -41,6 +43,10 @@ def add_latency_args(parser):
     add("--target-platform", default="rk3588", help="RKNN target platform (npu backends)")
     add("--npu-core-mask", default="auto", help="NPU core mask on the board (auto, 0, 1, 2, 0_1, 0_1_2)")
     add("--device-id", default=None, help="adb device id for the npu-adb backend")
+    add("--lat-keep-models", action="store_true",
+        help="keep the exported ONNX/RKNN files in lat-work-dir after measuring (onnxruntime, npu, npu-adb)")
+    add("--collect", default=None, metavar="RESULTS.jsonl",
+        help="merge the board runner's results (latency-backend npu) into lat-dataset-path instead of measuring")
 
 
 def vocab_size(args) -> int:
@@ -100,17 +106,34 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_args(argv, extra_parser_hook=add_latency_args, data_optional=True)
     base_architecture(args)
     space = space_from_args(args, source=args.configs or "command line")
-    name = backend_name(args)
     vocab = vocab_size(args)
     opt = options_from_args(args, vocab, vocab)
     protocol = protocol_of(args)
+    memory_of = _memory_model(opt, protocol)
+    if args.collect:  # the board's results.jsonl (latency-backend npu) -> dataset rows, measured:board
+        from hat.latency import backends
+
+        writer = DatasetWriter(args.lat_dataset_path)
+        known = backends.known_configs(args.collect, args, space, args.lat_dataset_size, args.lat_seed)
+        backends.collect(args.collect, writer, known, protocol, memory_of)
+        print(f"| {len(writer.done)} rows in {args.lat_dataset_path}")
+        return 0
+    name = backend_name(args)
+    if name == "npu":  # not timed here: a bundle of RKNN models for the board, and what to run there
+        from hat.latency import backends
+
+        writer = DatasetWriter(args.lat_dataset_path)
+        todo = [c for c in sample_configs(space, args.lat_dataset_size, args.lat_seed) if c.key() not in writer.done]
+        backends.make_bundle(args, opt, protocol, todo,
+                             progress=lambda xs: tqdm(xs, unit="config", file=sys.stderr, disable=not xs), argv=argv)
+        return 0
     backend = make_backend(name, args, opt, protocol)
     writer = DatasetWriter(args.lat_dataset_path)
     todo = [c for c in sample_configs(space, args.lat_dataset_size, args.lat_seed) if c.key() not in writer.done]
+    detail = f"; {backend.detail}" if getattr(backend, "detail", None) else ""
     print(f"| {len(writer.done)} rows already in {args.lat_dataset_path}; measuring {len(todo)} SubTransformers on "
           f"{backend.source} (src {protocol.src_len}, tgt {protocol.tgt_len}, beam {protocol.beam}, "
-          f"{protocol.warmup} warm-up + {protocol.repeats} timed runs, trim {protocol.trim:.0%})", flush=True)
-    memory_of = _memory_model(opt, protocol)
+          f"{protocol.warmup} warm-up + {protocol.repeats} timed runs, trim {protocol.trim:.0%}{detail})", flush=True)
     bar = tqdm(todo, unit="config", file=sys.stderr, disable=not todo)
     for cfg in bar:
         m = measure(backend, cfg, protocol)
@@ -157,6 +180,7 @@ def measure_rknn(args) -> int:
     for part, key in (("enc", "encoder"), ("dec", "decoder")):
         meta = files[part][0][: -len(".rknn")] + ".json"
         inputs = json.load(open(meta)).get("inputs", []) if os.path.isfile(meta) else []
+        inputs = [dict(i, layout="nchw") if len(i.get("shape", ())) == 4 else i for i in inputs]  # as exported
         entry[key] = {"file": os.path.abspath(files[part][0]), "inputs": inputs}
     bundle = {"protocol": proto.to_dict(), "models": [entry]}
     from hat.latency.board import _rknnlite, core_mask_value, measure_model, trimmed

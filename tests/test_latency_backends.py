@@ -1,0 +1,314 @@
+"""Latency backends beyond torch eager (hat/latency/backends.py): onnxruntime measured for real on a tiny model; the
+npu bundle built for real with rknn-toolkit2, then timed by the board runner with a fake of rknn-toolkit-lite2
+(FakeRKNNLite) and collected; npu-adb driven at its API boundary with a fake of rknn-toolkit2 (FakeRKNNToolkit).
+No figure here comes from a board: every board figure below is a fake's and is checked as such."""
+import io
+import json
+import os
+
+import pytest
+
+from conftest import FIXTURES, run_script
+from hat.config import load_yaml
+from hat.errors import HatError
+from hat.latency import backends, board
+from hat.latency.dataset import read_rows, sample_configs
+from hat.latency.protocol import Protocol, measure
+from hat.models import ModelOptions
+from hat.space import SearchSpace
+from test_latency import FakeRKNNLite
+
+TINY = os.path.join(FIXTURES, "tiny_latency.yml")
+TINY_PROTOCOL = {"src_len": 6, "tgt_len": 4, "beam": 2, "warmup": 1, "repeats": 3, "trim": 0.1}  # the YAML's
+
+
+def _space():
+    return SearchSpace.from_dict(load_yaml(TINY))
+
+
+def _opt():
+    return ModelOptions(300, 300, share_all_embeddings=True)
+
+
+# ---- onnxruntime -----------------------------------------------------------------------------------------------------
+def test_onnxruntime_backend_writes_measured_rows_and_cleans_up(tmp_path):
+    out, work = tmp_path / "ort.csv", tmp_path / "work"
+    r = run_script("latency_dataset.py", f"--configs={TINY}", "--latency-backend", "onnxruntime",
+                   "--lat-dataset-size", "2", "--latiter", "2", "--lat-threads", "1", "--lat-dataset-path", str(out),
+                   "--lat-work-dir", str(work))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "measured:onnxruntime" in r.stdout and "1 intra-op thread" in r.stdout
+    rows = read_rows(str(out))
+    assert len(rows) == 2
+    for row in rows:
+        assert row["backend"] == "onnxruntime" and row["source"] == "measured:onnxruntime"
+        assert float(row["latency_mean_encoder"]) > 0 and float(row["latency_mean_decoder"]) > 0
+    assert not any(files for _, _, files in os.walk(work)), "exported models are removed after measuring"
+
+
+class _Recorder:
+    """Wraps an onnxruntime session and keeps every feed dict (and the outputs) of the decoder graph."""
+
+    def __init__(self, sess):
+        self.sess, self.feeds, self.outs = sess, [], []
+
+    def run(self, names, feeds):
+        out = self.sess.run(names, feeds)
+        self.feeds.append(dict(feeds))
+        self.outs.append(dict(zip(names, out)))
+        return out
+
+
+def test_onnxruntime_decoder_steps_feed_their_mask_and_the_previous_caches_and_models_are_reused(tmp_path):
+    p = Protocol(src_len=6, tgt_len=4, beam=2, warmup=0, repeats=1)
+    cfg = _space().smallest()
+    b = backends.OrtBackend(_opt(), p, work_dir=str(tmp_path), threads=1, keep=True)
+    h = b.load(cfg)
+    rec = h["dec"] = _Recorder(h["dec"])
+    m = measure(b, cfg, p, handle=h)
+    assert m.source == "measured:onnxruntime" and len(m.decoder_ms) == 1
+    assert len(rec.feeds) == p.tgt_len
+    for step, feeds in enumerate(rec.feeds):
+        assert (feeds["self_mask"] == 0).sum() == step + 1  # slots 0..step valid
+        assert int(feeds["position"][0, 0]) == 2 + step  # padding_idx + 1 + step
+        assert feeds["cross_k_0"].shape[0] == p.beam  # the encoder's keys, one copy per hypothesis
+        if step:
+            assert feeds["self_k_0"] is rec.outs[step - 1]["new_self_k_0"]  # the caches the last step returned
+        else:
+            assert not feeds["self_k_0"].any()
+    onnx = tmp_path / cfg.key() / f"sub-{cfg.key()}_enc.onnx"
+    b.unload(h)
+    assert onnx.is_file(), "lat-keep-models keeps the exported graphs"
+    mtime = onnx.stat().st_mtime_ns
+    b.unload(b.load(cfg))
+    assert onnx.stat().st_mtime_ns == mtime, "an exported SubTransformer is reused, not exported again"
+
+
+# ---- npu: bundle -> board runner (fake rknnlite) -> collect ----------------------------------------------------------
+@pytest.mark.slow
+def test_npu_bundle_board_run_with_fake_rknnlite_and_collect(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("rknn.api", reason="rknn-toolkit2 not installed (make install puts it in .venv)")
+    from hat.latency import run
+
+    csv_path = tmp_path / "lat.csv"
+    bundle = tmp_path / "lat_npu_bundle"
+    r = run_script("latency_dataset.py", f"--configs={TINY}", "--latency-backend", "npu", "--lat-dataset-size", "1",
+                   "--lat-dataset-path", str(csv_path), "--npu-core-mask", "0_1_2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"python3 board.py {bundle.name} --core-mask 0_1_2" in r.stdout
+    assert "--collect" in r.stdout and "Nothing was timed on this machine" in r.stdout
+    assert not csv_path.exists() or read_rows(str(csv_path)) == [], "nothing is measured on the host"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["protocol"] == TINY_PROTOCOL and manifest["target_platform"] == "rk3588"
+    cfg = _space().largest()
+    (entry,) = manifest["models"]
+    assert entry["key"] == cfg.key() and entry["config"] == cfg.to_hat_dict()
+    for part in ("encoder", "decoder"):
+        assert (bundle / entry[part]["file"]).stat().st_size > 0
+    dec = {i["name"]: i for i in entry["decoder"]["inputs"]}
+    assert dec["self_k_0"]["layout"] == "nchw" and len(dec["self_k_0"]["shape"]) == 4
+    assert dec["prev_token"] == {"name": "prev_token", "shape": [2, 1], "dtype": "int64", "layout": None}
+    assert dec["position"]["fill"] == 2  # the first position (the default fill 7 is outside a 4-slot table)
+    assert (bundle / "board.py").read_text() == open(board.__file__).read()
+    assert not (bundle / ".build").exists()
+
+    # resumable: a second bundle run builds nothing
+    monkeypatch.setattr(backends, "build_rknn", lambda *a, **k: pytest.fail("rebuilt a bundled SubTransformer"))
+    args = type("Args", (), dict(lat_work_dir=None, lat_dataset_path=str(csv_path), target_platform="rk3588",
+                                 npu_core_mask="auto", configs=TINY, lat_keep_models=False))()
+    backends.make_bundle(args, _opt(), Protocol(**TINY_PROTOCOL), [cfg], log=lambda s: None)
+
+    # the board runner with the fake rknnlite: 1 ms per inference on a fake clock
+    FakeRKNNLite.formats = []
+    results = board.run(str(bundle), core_mask="0_1_2", RKNNLite=FakeRKNNLite, clock=lambda: FakeRKNNLite.now,
+                        log=io.StringIO())
+    formats = dict(FakeRKNNLite.formats)
+    assert formats[entry["encoder"]["file"]] is None  # 2-D inputs only: no data_format
+    assert formats[entry["decoder"]["file"]] == [i["layout"] or "nchw" for i in entry["decoder"]["inputs"]]
+
+    capsys.readouterr()
+    assert run.main([f"--configs={TINY}", "--lat-dataset-size", "1", "--lat-dataset-path", str(csv_path),
+                     "--collect", results]) == 0
+    assert "collected 1 rows" in capsys.readouterr().out
+    (row,) = read_rows(str(csv_path))
+    assert row["key"] == cfg.key() and row["backend"] == "npu" and row["source"] == "measured:board"
+    assert float(row["latency_mean_encoder"]) == pytest.approx(1.0)  # the fake's 1 ms per inference
+    assert float(row["latency_mean_decoder"]) == pytest.approx(4.0)  # 4 decoder steps
+
+
+# ---- collect: errors are reported, never turned into numbers ---------------------------------------------------------
+def _result(key, enc=1.5, dec=6.0, **kw):
+    rec = {"key": key, "core_mask": "auto", "source": "measured:board", "protocol": dict(TINY_PROTOCOL),
+           "encoder_ms": [enc] * 3, "decoder_ms": [dec] * 3, "latency_mean_encoder": enc, "latency_std_encoder": 0.0,
+           "latency_mean_decoder": dec, "latency_std_decoder": 0.0}
+    rec.update(kw)
+    return rec
+
+
+def test_collect_skips_error_lines_and_keeps_the_boards_figures(tmp_path, capsys):
+    from hat.latency import run
+
+    k1, k2, k3 = [c.key() for c in sample_configs(_space(), 3, 1)]
+    results = tmp_path / "results.jsonl"
+    lines = [
+        json.dumps(_result(k1, enc=1.25, dec=7.5)),
+        json.dumps({"key": k2, "core_mask": "auto", "source": "measured:board", "protocol": TINY_PROTOCOL,
+                    "error": "init_runtime failed for x.rknn"}),
+        json.dumps(_result("ffffffffffff")),  # not a config of this dataset, no manifest
+        json.dumps(_result(k3, protocol=dict(TINY_PROTOCOL, tgt_len=30))),  # another protocol
+        '{"key": "' + k3 + '", "encoder_ms": [1.0',  # torn by an interrupted run
+    ]
+    results.write_text("\n".join(lines) + "\n")
+    csv_path = tmp_path / "lat.csv"
+    argv = [f"--configs={TINY}", "--lat-dataset-size", "3", "--lat-dataset-path", str(csv_path),
+            "--collect", str(results)]
+    assert run.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "init_runtime failed for x.rknn" in out and "no figure taken" in out
+    assert "ffffffffffff is neither in the bundle manifest" in out and "another protocol" in out
+    rows = read_rows(str(csv_path))
+    assert [r["key"] for r in rows] == [k1]
+    assert float(rows[0]["latency_mean_encoder"]) == 1.25 and float(rows[0]["latency_mean_decoder"]) == 7.5
+    assert rows[0]["source"] == "measured:board" and rows[0]["backend"] == "npu"
+    assert run.main(argv) == 0  # collecting again adds nothing
+    assert len(read_rows(str(csv_path))) == 1
+
+
+# ---- npu-adb, at its API boundary ------------------------------------------------------------------------------------
+class FakeRKNNToolkit:
+    """Stands in for rknn-toolkit2's RKNN class with a board on USB: no board, no adb. eval_perf returns the
+    toolkit's text with fixed totals, eval_memory its dict with fixed totals; every call is recorded."""
+
+    NPU_CORE_AUTO, NPU_CORE_0, NPU_CORE_1, NPU_CORE_2, NPU_CORE_0_1, NPU_CORE_0_1_2 = 0, 1, 2, 4, 3, 7
+    PERF_US = {"enc": 1234.0, "dec": 321.0}
+    MEMORY_BYTES = {"enc": 3 * 2**20, "dec": 5 * 2**20}
+    calls = []
+    no_board = False
+
+    def __init__(self, verbose=False):
+        self.part = None
+
+    def load_rknn(self, path):
+        self.part = "enc" if "_enc." in os.path.basename(path) else "dec"
+        FakeRKNNToolkit.calls.append(("load_rknn", self.part))
+        return 0 if os.path.isfile(path) else -1
+
+    def init_runtime(self, target=None, device_id=None, perf_debug=False, eval_mem=False, async_mode=False,
+                     core_mask=0, fallback_prior_device="cpu"):
+        FakeRKNNToolkit.calls.append(("init_runtime", self.part, dict(target=target, device_id=device_id,
+                                                                      perf_debug=perf_debug, eval_mem=eval_mem,
+                                                                      core_mask=core_mask)))
+        if FakeRKNNToolkit.no_board:  # what rknn-toolkit2 2.5.0 prints and raises when adb sees no device
+            print("\x1b[1;31mE\x1b[0m \x1b[1;31minit_runtime: Get board target failed, ret code: 1. error: no "
+                  "devices/emulators found\x1b[0m", flush=True)
+            raise ValueError("Traceback (most recent call last):\n  File \"rknn/api/rknn_platform.py\", line 591, "
+                             "in rknn.api.rknn_platform.get_board_info\nRuntimeError\n")
+        return 0
+
+    def eval_perf(self, is_print=True, fix_freq=True):
+        FakeRKNNToolkit.calls.append(("eval_perf", self.part))
+        return f"Total Time(us): {self.PERF_US[self.part]:.0f}\nFPS: 1.00\n"
+
+    def eval_memory(self, is_print=True):
+        FakeRKNNToolkit.calls.append(("eval_memory", self.part))
+        total = self.MEMORY_BYTES[self.part]
+        return {"weight_memory": total // 2, "internal_memory": total // 4, "other_memory": total // 4,
+                "total_memory": total}
+
+    def release(self):
+        FakeRKNNToolkit.calls.append(("release", self.part))
+
+
+def fake_build_rknn(onnx_dir, name, platform, rknn_dir):
+    """Stands in for the rknn-toolkit2 build (the real one is exercised by the npu bundle test): empty .rknn files."""
+    from hat.export import read_sidecar
+
+    out = {}
+    for part in ("enc", "dec"):
+        fname = f"{name}_{part}.{platform}.fp16.rknn"
+        open(os.path.join(rknn_dir, fname), "wb").close()
+        out[part] = {"rknn": fname, "inputs": read_sidecar(onnx_dir, name, part)["inputs"]}
+    return out
+
+
+def _adb_args(tmp_path, **kw):
+    a = dict(lat_work_dir=str(tmp_path / "work"), lat_threads=None, lat_keep_models=False, target_platform="rk3588",
+             device_id="0123ABCD", npu_core_mask="0_1")
+    a.update(kw)
+    return type("Args", (), a)()
+
+
+def test_npu_adb_reports_the_boards_eval_perf_and_eval_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(backends, "build_rknn", fake_build_rknn)
+    FakeRKNNToolkit.calls, FakeRKNNToolkit.no_board = [], False
+    p = Protocol(src_len=6, tgt_len=4, beam=2, warmup=1, repeats=3)
+    b = backends.make("npu-adb", _adb_args(tmp_path), _opt(), p, toolkit=FakeRKNNToolkit, log=lambda s: None)
+    m = measure(b, _space().smallest(), p)
+    assert m.source == "measured:board-adb"
+    assert m.encoder_ms == [1.234] * 3  # exactly the fake board's eval_perf totals
+    assert m.decoder_ms == pytest.approx([0.321 * 4] * 3, rel=1e-12)  # one step's total x tgt_len steps
+    assert m.extra == {"measured_memory_mb": 8.0}  # (3 + 5) MiB from eval_memory
+    inits = [c for c in FakeRKNNToolkit.calls if c[0] == "init_runtime"]
+    timed = dict(target="rk3588", device_id="0123ABCD", perf_debug=False, eval_mem=False, core_mask=3)
+    assert inits == [("init_runtime", "enc", timed), ("init_runtime", "dec", timed),
+                     ("init_runtime", "enc", dict(timed, eval_mem=True)),
+                     ("init_runtime", "dec", dict(timed, eval_mem=True))]
+    perf = [c for c in FakeRKNNToolkit.calls if c[0] == "eval_perf"]
+    assert perf.count(("eval_perf", "enc")) == 4 and perf.count(("eval_perf", "dec")) == 4  # per run, warm-up incl.
+    assert FakeRKNNToolkit.calls.count(("release", "enc")) == 2 == FakeRKNNToolkit.calls.count(("release", "dec"))
+    assert not any(files for _, _, files in os.walk(tmp_path / "work")), "built models are removed after measuring"
+
+
+def test_npu_adb_rows_written_by_latency_dataset_are_the_fakes(tmp_path, monkeypatch):
+    from hat.latency import run
+
+    monkeypatch.setattr(backends, "build_rknn", fake_build_rknn)
+    monkeypatch.setattr(backends, "require_toolkit", lambda: FakeRKNNToolkit)  # the toolkit= parameter's default
+    FakeRKNNToolkit.no_board = False
+    csv_path = tmp_path / "adb.csv"
+    assert run.main([f"--configs={TINY}", "--latency-backend", "npu-adb", "--lat-dataset-size", "1",
+                     "--lat-dataset-path", str(csv_path), "--lat-work-dir", str(tmp_path / "work")]) == 0
+    (row,) = read_rows(str(csv_path))
+    assert row["backend"] == "npu-adb" and row["source"] == "measured:board-adb"
+    assert float(row["latency_mean_encoder"]) == 1.234 and float(row["latency_std_encoder"]) == 0.0
+    assert float(row["latency_mean_decoder"]) == pytest.approx(1.284, rel=1e-12)
+    assert float(row["measured_memory_mb"]) == 8.0
+
+
+def test_npu_adb_without_a_board_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(backends, "build_rknn", fake_build_rknn)
+    FakeRKNNToolkit.calls, FakeRKNNToolkit.no_board = [], True
+    p = Protocol(src_len=6, tgt_len=4, beam=2, warmup=1, repeats=3)
+    b = backends.make("npu-adb", _adb_args(tmp_path, device_id=None), _opt(), p, toolkit=FakeRKNNToolkit,
+                      log=lambda s: None)
+    with pytest.raises(HatError) as e:
+        measure(b, _space().smallest(), p)
+    msg = str(e.value)
+    assert msg.startswith("no RK3588 board found through adb: Get board target failed, ret code: 1. error: no "
+                          "devices/emulators found")
+    assert "\n" not in msg and not any(c[0] == "eval_perf" for c in FakeRKNNToolkit.calls)
+    FakeRKNNToolkit.no_board = False
+
+
+@pytest.mark.parametrize("result, us", [
+    ("Total Time(us): 17219\nFPS: 58.07", 17219.0),
+    ("...\nTotal Operator Elapsed Per Frame Time(us): 20663\nTotal Memory Read/Write Per Frame Size(KB): 9", 20663.0),
+    ({"total_time": 812}, 812.0),
+    ({"perf": "Total Time(us): 99"}, 99.0),
+    ("OpType  CallNumber  TotalTime(us)\nConv 1 5", None),
+    (None, None),
+])
+def test_eval_perf_total_is_read_or_nothing(result, us):
+    assert backends.perf_total_us(result) == us
+
+
+def test_eval_memory_total_is_read_or_nothing():
+    assert backends.memory_total_bytes({"total_memory": 5939200}) == 5939200
+    assert backends.memory_total_bytes({"total_model_allocation": 6068768}) == 6068768
+    assert backends.memory_total_bytes("    Total Memory: 19.12 MiB\n") == pytest.approx(19.12 * 2**20)
+    assert backends.memory_total_bytes({"weight_memory": 1}) is None
+
+
+def test_npu_is_not_a_timing_backend(tmp_path):
+    with pytest.raises(HatError, match="times nothing on this machine"):
+        backends.make("npu", _adb_args(tmp_path), _opt(), Protocol())
