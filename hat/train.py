@@ -86,6 +86,9 @@ def build_args(argv: Sequence[str], extra_parser_hook=None, data_optional: bool 
     if extra:
         raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
     args.configs, args.sub_configs = found.get("configs"), found.get("sub_configs")
+    if not getattr(args, "user_dir", None):
+        # spawned distributed workers import the plugin through fairseq's own --user-dir mechanism
+        args.user_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fairseq_plugin")
     _validate_space(args)
     return args
 
