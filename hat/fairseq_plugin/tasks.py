@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 
 from fairseq import metrics
 from fairseq.tasks import register_task
@@ -34,7 +35,9 @@ class TranslationHatTask(TranslationTask):
                 import torch.distributed as dist
 
                 rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-                logger.info(f"hat-sample rank={rank} update={update_num} config={model.sample_config.key()}")
+                # print, not the logger: fairseq silences INFO logging on every rank but the first
+                print(f"hat-sample rank={rank} update={update_num} config={model.sample_config.key()}",
+                      file=sys.stderr, flush=True)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def valid_step(self, sample, model, criterion):
