@@ -125,7 +125,11 @@ def write_candidates(evo, path, lat_source, mem_source):
 
 
 def plot(evo, path, lat_limit, best, lat_source):
+    import logging
+
     import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -139,8 +143,10 @@ def plot(evo, path, lat_limit, best, lat_source):
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=10, alpha=0.5, label="evaluated SubTransformers")
     ax.plot([p[0] for p in front], [p[1] for p in front], "r.-", label="Pareto front")
     ax.scatter([best.values["latency"]], [best.loss], marker="*", s=150, c="k", label="winner", zorder=5)
-    if lat_limit is not None:
+    if lat_limit is not None and lat_limit <= 2 * max(p[0] for p in pts):
         ax.axvline(lat_limit, color="g", linestyle="--", label=f"latency constraint {lat_limit:g} ms")
+    elif lat_limit is not None:
+        ax.set_title(f"latency constraint {lat_limit:g} ms (off the chart)", fontsize=9)
     ax.set_xlabel(f"latency (ms, {lat_source})")
     ax.set_ylabel("validation loss (inherited weights)")
     ax.legend(fontsize=8)

@@ -1,0 +1,74 @@
+"""evo_search.py end to end on real parts: a tiny SuperTransformer trained by train.py, a latency dataset measured by
+latency_dataset.py, a predictor trained on it, the memory model."""
+import csv
+import os
+
+import pytest
+
+from conftest import FIXTURES, run_script
+
+TINY = os.path.join(FIXTURES, "tiny_space.yml")
+EVO = os.path.join(FIXTURES, "tiny_evo.yml")
+SUB_COMMON = os.path.join(FIXTURES, "tiny_common.yml")
+
+
+@pytest.fixture(scope="module")
+def parts(demo_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("evo")
+    r = run_script("train.py", f"--configs={TINY}", "--data", demo_data, "--max-update", "3", "--save-dir",
+                   str(d / "super"), "--no-epoch-checkpoints")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_script("latency_dataset.py", f"--configs={TINY}", "--data", demo_data, "--latency-backend", "cpu",
+                   "--lat-dataset-path", str(d / "lat.csv"), "--lat-dataset-size", "12", "--latiter", "1",
+                   "--lat-warmup", "0", "--lat-src-len", "6", "--lat-tgt-len", "4", "--latsilent")
+    assert r.returncode == 0, r.stderr[-2000:]
+    from hat.config import load_yaml
+    from hat.predictor import TrainParams, read_dataset, train
+    from hat.space import SearchSpace
+
+    space = SearchSpace.from_dict(load_yaml(TINY))
+    pred, _ = train(read_dataset(str(d / "lat.csv"), space=space), space, TrainParams(train_steps=60, ensemble=1))
+    pred.save(str(d / "pred.pt"))
+    return d, demo_data
+
+
+def _search(d, data, *extra):
+    return run_script("evo_search.py", f"--configs={TINY}", f"--evo-configs={EVO}", "--data", data,
+                      "--restore-file", str(d / "super" / "checkpoint_last.pt"), "--ckpt-path", str(d / "pred.pt"),
+                      *extra)
+
+
+@pytest.mark.slow
+def test_search_writes_winner_candidates_and_plot_within_both_constraints(parts):
+    d, data = parts
+    out = d / "out" / "best.yml"
+    r = _search(d, data, "--write-config-path", str(out), "--memory-constraint", "1.3", "--latency-constraint", "5000")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = [line for line in r.stdout.splitlines() if line.startswith("| best SubTransformer")]
+    assert summary and "(predicted)" in summary[0] and "memory model" in summary[0]
+    rows = list(csv.DictReader(open(d / "out" / "best.candidates.csv")))
+    assert len(rows) >= 8
+    assert all(float(row["memory_mb"]) <= 1.3 and float(row["latency_ms"]) <= 5000 for row in rows)
+    assert (d / "out" / "best.pareto.png").stat().st_size > 1000
+    # the winner's YAML is a SubTransformer config train.py accepts
+    from hat.space import SearchSpace, SubConfig
+    from hat.config import load_yaml
+    from hat.train import build_args
+
+    cfg = SubConfig.from_hat_dict(load_yaml(str(out)))
+    SearchSpace.from_dict(load_yaml(TINY)).validate(cfg)
+    args = build_args([f"--configs={out}", f"--sub-configs={SUB_COMMON}", "--data", data])
+    assert args.train_subtransformer and args.qkv_dim_subtransformer == cfg.qkv_dim
+    assert float(rows[0]["valid_loss"]) == min(float(x["valid_loss"]) for x in rows)
+
+
+@pytest.mark.slow
+def test_infeasible_memory_budget_stops_before_reading_data(parts, tmp_path):
+    d, data = parts
+    r = run_script("evo_search.py", f"--configs={TINY}", f"--evo-configs={EVO}", "--data", data,
+                   "--restore-file", str(tmp_path / "missing.pt"), "--ckpt-path", str(d / "pred.pt"),
+                   "--write-config-path", str(tmp_path / "w.yml"), "--memory-constraint", "0.01")
+    assert r.returncode == 2
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: infeasible constraints") and "smallest the space allows" in line and "memory" in line
+    assert not (tmp_path / "w.yml").exists()
