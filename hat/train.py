@@ -54,7 +54,6 @@ def build_args(argv: Sequence[str], extra_parser_hook=None, data_optional: bool 
     found, cli = split_config_flags(argv, flags)
     loaded = Loaded([found.get(f.lstrip("-").replace("-", "_")) for f in flags])
     values = _hat_compat(loaded.values)
-    loaded.origin.setdefault("lr", loaded.origin.get("max-lr", ""))
     yaml_argv, positional = to_argv(values, positional=("data",))
     cli = list(cli)
     if "--data" in cli:  # allow the data dir as a flag too (YAML key 'data')
