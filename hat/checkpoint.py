@@ -103,3 +103,52 @@ def load_model(path: str) -> LoadedModel:
         raise CheckpointError(f"{path}: weights do not match the saved config: {str(e).splitlines()[0]}") from None
     model.eval()
     return LoadedModel(model=model, space=space, sub_config=sub, args=args, path=path)
+
+
+def strip_checkpoint(src: str, dst: str, dtype: Optional[torch.dtype] = torch.float32) -> int:
+    """Write ``src`` without optimizer state (model weights + the config it was built from) to ``dst``, atomically.
+
+    The result loads with :func:`load_model`, ``evo_search.py --restore-file`` and ``train.py --inherit-from``; it does
+    not resume training. Returns the number of bytes written.
+    """
+    load_model(src)  # one clear error for anything that is not a transformersuper checkpoint
+    state = torch.load(src, map_location="cpu", weights_only=False)
+    model, done = {}, {}
+    for k, v in state["model"].items():  # tensors that share storage (tied embeddings) stay shared in the file
+        key = (v.data_ptr(), tuple(v.shape), v.dtype)
+        if key not in done:
+            done[key] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
+        model[k] = done[key]
+    # fairseq's loader (generate.py, evo_search.py) reads optimizer_history and extra_state: both are small
+    keep = {k: state[k] for k in ("cfg", "args", "optimizer_history", "extra_state") if k in state}
+    keep["model"] = model
+    keep.setdefault("optimizer_history", [{"criterion_name": "LabelSmoothedCrossEntropyCriterion",
+                                           "optimizer_name": "Adam", "lr_scheduler_state": {"best": None},
+                                           "num_updates": int(keep.get("extra_state", {}).get("num_updates") or 0)}])
+    keep["extra_state"] = dict(keep.get("extra_state") or {}, stripped_from=os.path.basename(src))
+    tmp = dst + ".tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    torch.save(keep, tmp)
+    os.replace(tmp, dst)
+    return os.path.getsize(dst)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m hat.checkpoint",
+                                 description="checkpoint tools: strip SRC DST (weights + config, no optimizer state)")
+    ap.add_argument("command", choices=["strip"])
+    ap.add_argument("src")
+    ap.add_argument("dst")
+    ap.add_argument("--fp16", action="store_true", help="store the weights in fp16 (half the size; loads as fp32)")
+    a = ap.parse_args(argv)
+    n = strip_checkpoint(a.src, a.dst, torch.float16 if a.fp16 else torch.float32)
+    print(f"{a.dst}: {n / 1e6:.1f} MB (weights + config of {a.src})")
+    return 0
+
+
+if __name__ == "__main__":
+    from hat.cli import run
+
+    run(main)

@@ -21,6 +21,8 @@ def load_checkpoint(path: str, data: str):
 
     if not path or not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # fairseq pickles its config (torch >= 2.6)
+    import hat.fairseq_plugin  # noqa: F401  (registers transformersuper / translation_hat)
     try:
         models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
     except (RuntimeError, EOFError, KeyError, ValueError, OSError, torch.serialization.pickle.UnpicklingError) as e:

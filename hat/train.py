@@ -123,6 +123,17 @@ def _validate_space(args):
             space.fits(sub, source=source)
         elif getattr(args, "train_subtransformer", False):
             raise ConfigError(f"{source}: --train-subtransformer needs the *-subtransformer keys")
+        if getattr(args, "inherit_from", None):
+            from hat.checkpoint import load_model
+
+            if sub is None or not getattr(args, "train_subtransformer", False):
+                raise ConfigError("inherit-from needs a SubTransformer to train (train.py --sub-configs)")
+            sup = load_model(args.inherit_from)
+            try:
+                sup.model.check_fits(sub)
+            except ValueError as e:
+                raise ConfigError(f"inherit-from {args.inherit_from}: the SubTransformer does not fit its "
+                                  f"SuperTransformer: {e}") from None
 
 
 def measure_latency(args) -> int:

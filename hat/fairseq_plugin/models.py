@@ -111,6 +111,9 @@ class TransformerSuperModel(FairseqEncoderDecoderModel):
             else:
                 add("--" + key, type=int, metavar="N", help=f"SubTransformer: {key}")
         add("--train-subtransformer", action="store_true", help="train one fixed SubTransformer (its own weights)")
+        add("--inherit-from", metavar="CHECKPOINT",
+            help="with --train-subtransformer: start from this SuperTransformer's weights (sliced to the "
+                 "SubTransformer) instead of a random init; a resumed run keeps its own checkpoint_last.pt")
 
     @classmethod
     def build_model(cls, args, task):
@@ -129,6 +132,10 @@ class TransformerSuperModel(FairseqEncoderDecoderModel):
         core = SuperTransformer(shape, opt)
         model = cls(args, core, space, HatEncoder(task.source_dictionary, core.encoder),
                     HatDecoder(task.target_dictionary, core.decoder))
+        if getattr(args, "inherit_from", None):
+            if not getattr(args, "train_subtransformer", False):
+                raise ValueError("--inherit-from needs --train-subtransformer (train.py --sub-configs)")
+            inherit(core, sub, args.inherit_from)
         if sub is not None:
             model.set_sample_config(sub)
         return model
@@ -153,6 +160,18 @@ class TransformerSuperModel(FairseqEncoderDecoderModel):
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **unused):
         enc = self.encoder(src_tokens, src_lengths)
         return self.decoder(prev_output_tokens, encoder_out=enc)
+
+
+def inherit(core: SuperTransformer, sub: SubConfig, path: str) -> None:
+    """Load the slices of a SuperTransformer checkpoint's weights that ``sub`` uses into ``core`` (built at sub)."""
+    from hat.checkpoint import load_model
+
+    sup = load_model(path)
+    sup.model.check_fits(sub)
+    if (sup.model.opt.src_vocab, sup.model.opt.tgt_vocab) != (core.opt.src_vocab, core.opt.tgt_vocab):
+        raise ValueError(f"--inherit-from {path}: vocabulary {sup.model.opt.src_vocab}/{sup.model.opt.tgt_vocab} "
+                         f"differs from the data's {core.opt.src_vocab}/{core.opt.tgt_vocab}")
+    core.load_state_dict(sup.model.extract(sub).state_dict())
 
 
 def _default(args, name, value):

@@ -145,7 +145,10 @@ class OrtBackend(Backend):
     source = "measured:onnxruntime"
 
     def __init__(self, opt, protocol: Protocol, work_dir: Optional[str] = None, threads: Optional[int] = None,
-                 keep: bool = False, log=print):
+                 keep: bool = False, log=print, model_for: Optional[Callable[[SubConfig], object]] = None):
+        """``model_for(cfg)``: the model to export for ``cfg`` (default: random weights; latency does not depend on
+        them, but a trained model can be measured as it will be deployed)."""
+        self.model_for = model_for or (lambda cfg: random_model(cfg, self.opt))
         try:
             import onnxruntime
         except ImportError:
@@ -164,7 +167,7 @@ class OrtBackend(Backend):
         from hat.export.onnx import ort_session, sample_inputs
 
         d = self.work.of(cfg)
-        model = random_model(cfg, self.opt)
+        model = self.model_for(cfg)
         name = export_onnx(cfg, self.opt, self.protocol, d, model)
         s = settings_of(self.protocol)
         enc = ort_session(onnx_path(d, name, "enc"), self.threads)
