@@ -55,7 +55,7 @@ PROFILES: Dict[str, dict] = {
         "latency": ["--lat-dataset-size", "300", "--latiter", "20", "--lat-warmup", "5"],
         "search": ["--evo-iter", "15", "--population-size", "40", "--parent-size", "10", "--mutation-size", "15",
                    "--crossover-size", "15"],
-        "sub": ["--max-update", "4000", "--warmup-updates", "400", "--save-interval-updates", "1000",
+        "sub": ["--max-update", "3000", "--warmup-updates", "400", "--save-interval-updates", "1000",
                 "--validate-interval-updates", "1000", "--keep-interval-updates", "1", "--log-interval", "200"],
         "inherit": False,
         "super": ["--max-update", "5000", "--warmup-updates", "400", "--save-interval-updates", "1000",
@@ -119,6 +119,7 @@ class Pipeline:
             info = json.loads(stamp.read_text())
             print(f"\n==> {what}: done before ({_rel(stamp)}, {info.get('seconds', '?')} s), skipped", flush=True)
             return info
+        self.need_device(key)
         t0 = time.time()
         info = fn() or {}
         info["seconds"] = round(time.time() - t0, 1)
@@ -127,6 +128,15 @@ class Pipeline:
         tmp.write_text(json.dumps(info, indent=1) + "\n")
         os.replace(tmp, stamp)
         return info
+
+    def need_device(self, key: str) -> None:
+        """Stages that train or translate need the device asked for (fairseq would quietly fall back to the CPU);
+        the others (latency, predictor, export, table) run anywhere, so a GPU run can be finished on the target."""
+        if self.args.device == "cuda" and key.startswith(("supertransformer", "search", "train_", "bleu_")):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise HatError(f"--device cuda: stage {key} needs a CUDA device and torch sees none here")
 
     # -- the stages ---------------------------------------------------------------------------------------------
     def prepare_data(self):
@@ -206,15 +216,20 @@ class Pipeline:
         self.stage("search", "evolutionary search", go)
         return out
 
+    def save_dir(self, name: str, yml: Path) -> Path:
+        """One directory per SubTransformer (its key in the name): a new search result never resumes from the
+        checkpoint_last.pt of another shape."""
+        return self.ckpt / f"{name}-{self.sub_config(yml).key()}"
+
     def train_cmd(self, name: str, yml: Path, super_ckpt: str) -> list:
         extra = ["--inherit-from", super_ckpt] if self.profile["inherit"] else []
         return ([self.py, "train.py", f"--configs={yml}", f"--sub-configs={self.common_yml}", "--save-dir",
-                 self.ckpt / name] + extra + self.profile["sub"] + self._device_flags())
+                 self.save_dir(name, yml)] + extra + self.profile["sub"] + self._device_flags())
 
     def train_sub(self, name: str, yml: Path, super_ckpt: str) -> Path:
         def go():
             self.run(self.train_cmd(name, yml, super_ckpt), f"training SubTransformer {name}")
-            return {"checkpoint": str(self.ckpt / name / "checkpoint_best.pt")}
+            return {"checkpoint": str(self.save_dir(name, yml) / "checkpoint_best.pt")}
 
         return Path(self.stage(f"train_{name}", f"training {name}", go)["checkpoint"])
 
@@ -344,6 +359,7 @@ class Pipeline:
             gpus = torch.cuda.device_count()
         todo = {n: y for n, y in subs.items() if self.args.retrain or not (self.stages / f"train_{n}.json").exists()}
         if gpus >= len(todo) > 1:
+            self.need_device("train_")
             procs = {}
             for i, (n, y) in enumerate(todo.items()):
                 cmd = [str(c) for c in self.train_cmd(n, y, super_ckpt)]
@@ -357,10 +373,14 @@ class Pipeline:
                 if proc.wait() != 0:
                     raise HatError(f"training {n} failed (exit {proc.returncode}); see {_rel(ROOT / self.res)}"
                                    f"/train_{n}.log")
+                valid = [ln for ln in open(ROOT / self.res / f"train_{n}.log") if ":valid:" in ln or "| valid on" in ln]
+                print(f"==> {n} trained in {time.time() - t0:.0f} s; last validation: "
+                      f"{valid[-1].strip() if valid else 'none'}", flush=True)
                 self.stages.mkdir(parents=True, exist_ok=True)
                 (self.stages / f"train_{n}.json").write_text(json.dumps(
-                    {"checkpoint": str(self.ckpt / n / "checkpoint_best.pt"),
+                    {"checkpoint": str(self.save_dir(n, todo[n]) / "checkpoint_best.pt"),
                      "seconds": round(time.time() - t0, 1)}) + "\n")
+            return {n: Path(json.loads((self.stages / f"train_{n}.json").read_text())["checkpoint"]) for n in subs}
         return {n: self.train_sub(n, y, super_ckpt) for n, y in subs.items()}
 
     def table(self, subs, ckpts, lat, bleu, budget, predictor) -> List[dict]:
@@ -390,18 +410,24 @@ class Pipeline:
         for r in rows:
             lines.append(f"| {r['model']} | `{r['config']}` | {r['params_M']:.2f} | {r['memory_mb_fp16']:.2f} | "
                          f"{r['latency_ms']:.1f} | {r['predicted_ms']:.1f} | {r['bleu']:.2f} |")
-        ratio = b["latency_ms"] / s["latency_ms"]
+        import statistics
+
+        pairs = list(zip(lat["baseline"]["rounds_ms"], lat["searched"]["rounds_ms"]))
+        ratio = statistics.median(bl / sl for bl, sl in pairs)  # paired: both measured in the same round
         lines.append("")
-        lines.append(f"searched vs baseline: {ratio:.2f}x faster [{s['latency_source']}, median of "
-                     f"{self.args.measure_rounds} interleaved rounds], BLEU {s['bleu'] - b['bleu']:+.2f}, memory "
+        lines.append(f"searched vs baseline: {ratio:.2f}x faster [{s['latency_source']}, median over {len(pairs)} "
+                     f"interleaved rounds of baseline/searched in the same round], BLEU {s['bleu'] - b['bleu']:+.2f}, memory "
                      f"{s['memory_mb_fp16'] / b['memory_mb_fp16']:.2f}x; budget: <= {budget['latency_constraint']} ms "
                      f"[predicted], <= {budget['memory_constraint']:.2f} MB [memory model]; device {self.args.device}"
                      f" ({'fine-tuned from inherited SuperTransformer weights' if self.profile['inherit'] else 'trained from scratch'})")
+        best = min(lat["baseline"]["rounds_ms"]) / min(lat["searched"]["rounds_ms"])
+        lines.append(f"(fastest round of each: {best:.2f}x; every round in {_rel(ROOT / self.res)}/table.json)")
         text = "\n".join(lines)
         print("\n==> result\n" + text)
         (ROOT / self.res / "table.md").write_text(text + "\n")
-        (ROOT / self.res / "table.json").write_text(json.dumps({"rows": rows, "budget": budget,
-                                                                "speedup": ratio}, indent=1) + "\n")
+        (ROOT / self.res / "table.json").write_text(json.dumps({"rows": rows, "budget": budget, "speedup": ratio,
+                                                                "rounds_ms": {n: lat[n]["rounds_ms"] for n in subs}},
+                                                               indent=1) + "\n")
         return rows
 
     def plot(self, rows: List[dict]) -> None:
@@ -443,7 +469,7 @@ _KEEP = ("train_inner", ":valid:", "num. shared model params", "done training", 
 
 
 _HYDRA_CHATTER = ("The version_base parameter", "Please specify a compat", "Will assume defaults", "See https://hydra",
-                  "This behavior is deprecated", "The strict flag")
+                  "This behavior is deprecated", "The strict flag", "'config' is validated")
 
 
 class _Filter:
@@ -461,6 +487,7 @@ class _Filter:
             self.dropping = True
             return True
         if line.startswith(_HYDRA_CHATTER):
+            self.dropping = True
             return True
         if "Warning:" in line or "warnings.warn" in line:
             self.dropping = True
@@ -476,7 +503,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", choices=sorted(PROFILES), default="cpu",
                     help="cpu: ~20 min on 2 cores from the shipped SuperTransformer; cuda: the full-size demo")
     ap.add_argument("--speedup", type=float, default=1.5, help="latency budget = baseline's predicted / speedup")
-    ap.add_argument("--measure-rounds", type=int, default=5, help="interleaved latency rounds of the final models")
+    ap.add_argument("--measure-rounds", type=int, default=7, help="interleaved latency rounds of the final models")
     ap.add_argument("--results", default=None, help="results directory (default results/<task>)")
     ap.add_argument("--checkpoints", default=None,
                     help="where trained models go (default checkpoints/<task>/demo-<device>)")
@@ -493,11 +520,6 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab-size", type=int, default=8000)
     ap.add_argument("--verbose", action="store_true", help="show fairseq's full log")
     args = ap.parse_args(argv)
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise HatError("--device cuda: no CUDA device is visible to torch here")
     return Pipeline(args).main()
 
 

@@ -13,23 +13,20 @@ T0=$(date +%s)
 PHASE=$1; DEADLINE=${2:-560}
 OUT=${OUT:-/tmp/hat-out}; mkdir -p "$OUT"
 RES=benchmarks/results/p3
-COMMON="--device cuda --results $RES --super pretrained/demo.de-en/space0.pt \
-  --latency-dataset latency_dataset/demo.de-en_onnxruntime.csv --stage-args latency=--lat-dataset-size=500"
 if [ "$PHASE" = 1 ]; then
   S=$((DEADLINE - 200 - $(date +%s) + T0))
   echo "SuperTransformer training for $S s"
   SAVE=/tmp/demo_super bash tools/device/demo_super_gpu.sh "$S"
   cp "$OUT/space0.pt" pretrained/demo.de-en/space0.pt
-  python3 -m hat.demo $COMMON --until search \
-    --stage-args "search=--evo-iter 8 --population-size 24 --parent-size 6 --mutation-size 10 --crossover-size 8" \
-    2>&1 | tee "$OUT/p3_search.log"
+  python3 benchmarks/searched_vs_baseline.py --until search 2>&1 | tee "$OUT/p3_search.log"
   python3 benchmarks/search_throughput.py --configs=configs/demo.de-en/supertransformer/space0.yml \
     --restore-file pretrained/demo.de-en/space0.pt --valid-cnt-max 10 --n 40 2>&1 | grep -v Warn | tail -3 \
     | tee "$OUT/search_throughput_gpu.txt"
 else
-  python3 -m hat.demo $COMMON --until bleu 2>&1 | tee "$OUT/p3_train.log"
-  for n in searched baseline; do
-    python3 -m hat.checkpoint strip checkpoints/demo.de-en/demo-cuda/$n/checkpoint_best.pt "$OUT/$n.pt" --fp16
+  python3 benchmarks/searched_vs_baseline.py --until bleu 2>&1 | tee "$OUT/p3_train.log"
+  for n in searched baseline; do  # the checkpoint each stage stamp names
+    ck=$(python3 -c "import json; print(json.load(open('$RES/stages/train_$n.json'))['checkpoint'])")
+    python3 -m hat.checkpoint strip "$ck" "$OUT/$n.pt" --fp16
   done
 fi
 tar czf "$OUT/p3_results.tgz" $RES
