@@ -96,10 +96,10 @@ class Pipeline:
         self.figures: Dict[str, dict] = {}
 
     # -- running stages -------------------------------------------------------------------------------------
-    def run(self, cmd: List[str], what: str) -> str:
+    def run(self, cmd: List[str], what: str, env: Optional[Dict[str, str]] = None) -> str:
         cmd = [str(c) for c in cmd]
         print(f"\n==> {what}\n    {' '.join(cmd)}", flush=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         tail: List[str] = []
         filt = _Filter()
@@ -227,8 +227,14 @@ class Pipeline:
                  self.save_dir(name, yml)] + extra + self.profile["sub"] + self._device_flags())
 
     def train_sub(self, name: str, yml: Path, super_ckpt: str) -> Path:
+        env = None
+        if self.args.device == "cuda":  # one GPU, as when both train side by side: the same recipe either way
+            first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
+            env = {"CUDA_VISIBLE_DEVICES": first}
+
         def go():
-            self.run(self.train_cmd(name, yml, super_ckpt), f"training SubTransformer {name}")
+            self.run(self.train_cmd(name, yml, super_ckpt), f"training SubTransformer {name} (one GPU)"
+                     if env else f"training SubTransformer {name}", env=env)
             return {"checkpoint": str(self.save_dir(name, yml) / "checkpoint_best.pt")}
 
         return Path(self.stage(f"train_{name}", f"training {name}", go)["checkpoint"])
@@ -431,7 +437,11 @@ class Pipeline:
         return rows
 
     def plot(self, rows: List[dict]) -> None:
+        import logging
+
         import matplotlib
+
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's imports leave the root at DEBUG
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

@@ -21,3 +21,14 @@ def demo_data():
     from hat.data.prepare import prepare
 
     return str(prepare(pair="de-en", dest=os.path.join(ROOT, "data-bin", "demo.de-en"), vocab_size=8000, quiet=True))
+
+
+TINY_SPACE = os.path.join(FIXTURES, "tiny_space.yml")
+
+
+def train_tiny_super(data, save_dir, updates=3):
+    """A tiny SuperTransformer trained by train.py for a few updates (tests/fixtures/tiny_space.yml)."""
+    r = run_script("train.py", f"--configs={TINY_SPACE}", "--data", data, "--max-update", str(updates), "--save-dir",
+                   str(save_dir), "--no-epoch-checkpoints")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return os.path.join(str(save_dir), "checkpoint_last.pt")

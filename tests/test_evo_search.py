@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import FIXTURES, run_script
+from conftest import FIXTURES, run_script, train_tiny_super
 
 TINY = os.path.join(FIXTURES, "tiny_space.yml")
 EVO = os.path.join(FIXTURES, "tiny_evo.yml")
@@ -15,9 +15,7 @@ SUB_COMMON = os.path.join(FIXTURES, "tiny_common.yml")
 @pytest.fixture(scope="module")
 def parts(demo_data, tmp_path_factory):
     d = tmp_path_factory.mktemp("evo")
-    r = run_script("train.py", f"--configs={TINY}", "--data", demo_data, "--max-update", "3", "--save-dir",
-                   str(d / "super"), "--no-epoch-checkpoints")
-    assert r.returncode == 0, r.stderr[-2000:]
+    train_tiny_super(demo_data, d / "super")
     r = run_script("latency_dataset.py", f"--configs={TINY}", "--data", demo_data, "--latency-backend", "cpu",
                    "--lat-dataset-path", str(d / "lat.csv"), "--lat-dataset-size", "12", "--latiter", "1",
                    "--lat-warmup", "0", "--lat-src-len", "6", "--lat-tgt-len", "4", "--latsilent")

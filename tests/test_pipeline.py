@@ -9,9 +9,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import FIXTURES, ROOT, run_script
+from conftest import FIXTURES, TINY_SPACE as TINY, run_script, train_tiny_super
 
-TINY = os.path.join(FIXTURES, "tiny_space.yml")
 TINY_SUB = os.path.join(FIXTURES, "tiny_sub.yml")
 TINY_COMMON = os.path.join(FIXTURES, "tiny_common.yml")
 
@@ -19,10 +18,7 @@ TINY_COMMON = os.path.join(FIXTURES, "tiny_common.yml")
 @pytest.fixture(scope="module")
 def tiny_super(demo_data, tmp_path_factory):
     d = tmp_path_factory.mktemp("pipe")
-    r = run_script("train.py", f"--configs={TINY}", "--data", demo_data, "--max-update", "4", "--save-dir",
-                   str(d / "super"), "--no-epoch-checkpoints")
-    assert r.returncode == 0, r.stderr[-2000:]
-    return d, demo_data, str(d / "super" / "checkpoint_last.pt")
+    return d, demo_data, train_tiny_super(demo_data, d / "super", updates=4)
 
 
 def test_strip_keeps_weights_and_config_and_loads_in_fairseq(tiny_super, tmp_path):
