@@ -100,15 +100,16 @@ class Pipeline:
         cmd = [str(c) for c in cmd]
         print(f"\n==> {what}\n    {' '.join(cmd)}", flush=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         tail: List[str] = []
         filt = _Filter()
-        for line in proc.stdout:
-            if not self.args.verbose and filt.noise(line):
-                continue
-            sys.stdout.write(line)
+        for text, end in _segments(proc.stdout):
+            if end == "\r":  # a progress bar redrawing itself: pass it through as it is
+                sys.stdout.write(text + end)
+            elif self.args.verbose or not filt.noise(text + end):
+                sys.stdout.write(text + end)
+                tail = (tail + [text + end])[-80:]
             sys.stdout.flush()
-            tail = (tail + [line])[-80:]
         if proc.wait() != 0:
             raise HatError(f"{what} failed (exit {proc.returncode}); see the output above")
         return "".join(tail)
@@ -460,6 +461,27 @@ class Pipeline:
         plt.close(fig)
         pngs = sorted(p.name for p in (ROOT / self.res).glob("*.png"))
         print(f"plots: {', '.join(str(self.res / p) for p in pngs)}")
+
+
+def _segments(stream):
+    """(text, end) pieces of a child's output as they arrive; end is "\\n" for a line, "\\r" for a progress bar's
+    redraw (kept apart so the bar moves in place instead of becoming one line per update)."""
+    buf = b""
+    fd = stream.fileno()
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        buf += chunk
+        while True:
+            cuts = [i for i in (buf.find(b"\n"), buf.find(b"\r")) if i >= 0]
+            if not cuts:
+                break
+            i = min(cuts)
+            yield buf[:i].decode("utf-8", "replace"), chr(buf[i])
+            buf = buf[i + 1:]
+    if buf:
+        yield buf.decode("utf-8", "replace"), "\n"
 
 
 def _rel(p: Path) -> str:

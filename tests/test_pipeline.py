@@ -162,3 +162,18 @@ def test_demo_rejects_bad_stage_args(tmp_path):
     r = run_script("-m", "hat.demo", "--results", str(tmp_path / "r"), "--stage-args", "nosuch=--x 1")
     assert r.returncode == 2 and "error: --stage-args" in r.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_child_output_keeps_progress_redraws_apart_from_lines():
+    import subprocess
+    import sys
+
+    from hat.demo import _segments
+
+    code = ("import sys\nfor i in range(3):\n    sys.stdout.write(f'bar {i}%\\r'); sys.stdout.flush()\n"
+            "print('INFO:fairseq.trainer: noise'); print('| kept ü')\nsys.stdout.write('tail')")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    got = list(_segments(p.stdout))
+    p.wait()
+    assert got == [("bar 0%", "\r"), ("bar 1%", "\r"), ("bar 2%", "\r"), ("INFO:fairseq.trainer: noise", "\n"),
+                   ("| kept ü", "\n"), ("tail", "\n")]
