@@ -36,68 +36,7 @@ CORPORA=(
     "rapid2019.de-en"
 )
 TOOLS=(sacremoses subword-nmt fairseq-preprocess)
-set -euo pipefail
-WORKERS="${1:-$(nproc 2>/dev/null || echo 4)}"
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-PY="${PYTHON:-$ROOT/.venv/bin/python}"
-[ -x "$PY" ] || PY="$(command -v python3)"
-export PATH="$(dirname "$PY"):$PATH"          # the venv's sacremoses, subword-nmt, fairseq-preprocess
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-DATA="${HAT_DATA_DIR:-data}"
-TEXT="$DATA/text/$NAME"
-BIN="$DATA/binary/$NAME"
-ORIG="$TEXT/orig"
-
-# where a file is fetched from: its URL, or <$HAT_DATA_URL_BASE>/<file name> (a mirror)
-url() { if [ -n "${HAT_DATA_URL_BASE:-}" ]; then local f="${1%%\?*}"; echo "${HAT_DATA_URL_BASE%/}/${f##*/}"; else echo "$1"; fi; }
-die() { echo "error: $*" >&2; exit 2; }
-fetch() {  # URL -> $ORIG/<file name> (resumable, atomic; skipped when already there)
-    "$PY" -m hat.download --url "$(url "$1")" --dest "$ORIG" || exit 2
-}
-unpack() {  # archive in $ORIG, unpacked once into $ORIG
-    local f="$ORIG/$1" mark="$ORIG/.$1.unpacked"
-    [ -e "$mark" ] && return 0
-    echo "unpacking $1" >&2
-    case "$1" in
-        *.tgz|*.tar.gz) tar -xzf "$f" -C "$ORIG" ;;
-        *.tar) tar -xf "$f" -C "$ORIG" ;;
-        *.zip) "$PY" -m zipfile -e "$f" "$ORIG" ;;
-        *.gz) gunzip -kf "$f" ;;
-    esac
-    touch "$mark"
-}
-tok() {  # LANG [extra sacremoses tokenize flags]: stdin -> Moses-tokenized stdout
-    local l="$1"; shift
-    sacremoses -q -l "$l" -j "$WORKERS" tokenize "$@"
-}
-lower() {  # Unicode lowercasing (Moses lowercase.perl)
-    "$PY" -c 'import sys
-for line in sys.stdin: sys.stdout.write(line.lower())'
-}
-sgm() {  # text of the <seg> lines of an SGML test set (as HAT's scripts)
-    grep '<seg id' "$1" | sed -e 's/<seg id="[0-9]*">\s*//g' -e 's/\s*<\/seg>\s*//g' -e "s/\’/\'/g"
-}
-clean() {  # IN_PREFIX OUT_PREFIX MIN MAX: Moses clean-corpus-n.perl -ratio 1.5 on $src/$tgt
-    paste "$1.$src" "$1.$tgt" | awk -F'\t' -v min="$3" -v max="$4" 'NF == 2 {
-        ns = split($1, a, " "); nt = split($2, b, " ");
-        if (ns >= min && nt >= min && ns <= max && nt <= max && ns <= 1.5 * nt && nt <= 1.5 * ns) print }' > "$2.pairs"
-    cut -f1 "$2.pairs" > "$2.$src"
-    cut -f2 "$2.pairs" > "$2.$tgt"
-    rm -f "$2.pairs"
-}
-
-if [ -e "$BIN" ]; then echo "$BIN already exists: nothing to do (remove it to preprocess again)" >&2; exit 0; fi
-# before anything is written: the network (5 s), then the tools
-checks=(); for u in "${URLS[@]}"; do checks+=("$(url "$u")"); done
-"$PY" -m hat.download --check "${checks[@]}" || exit 2
-for t in "${TOOLS[@]}"; do
-    command -v "$t" >/dev/null 2>&1 || die "$t not found: pip install sacremoses subword-nmt gdown (fairseq-preprocess comes with fairseq)"
-done
-
-mkdir -p "$ORIG"
-WORK="$(mktemp -d "$TEXT/.work.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
-tmp="$WORK/tmp"; prep="$WORK/tokenized"; mkdir -p "$tmp" "$prep"
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/tools/preprocess_lib.sh"  # checks, helpers, $WORK
 
 for u in "${URLS[@]:0:7}"; do
     fetch "$u"
