@@ -62,11 +62,8 @@ PRODUCTS = (
 
 # -- features ----------------------------------------------------------------------------------------------------
 def config_features(cfg: SubConfig, names: Sequence[str] = FEATURE_NAMES) -> List[float]:
-    """The latency features of one config, in ``names`` order (HAT's convention for the arbitrary en-de attention:
-    the mean number of encoder layers attended)."""
+    """The latency features of one config, in ``names`` order (:meth:`SubConfig.features`, HAT's convention)."""
     f = dict(zip(FEATURE_NAMES, cfg.features()))
-    arb = cfg.decoder_arbitrary_ende_attn
-    f["decoder_arbitrary_ende_attn_avg"] = float(sum(max(a, 0) + 1 for a in arb)) / len(arb)
     return [float(f[n]) for n in names]
 
 

@@ -170,7 +170,8 @@ class SubConfig:
         return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
 
     def features(self) -> List[float]:
-        """HAT's ten latency features (averages over the sampled layers), then qkv dim."""
+        """HAT's ten latency features (averages over the sampled layers), then qkv dim. The arbitrary encoder-decoder
+        attention counts encoder layers attended, as HAT's datasets do: -1 -> 1, 1 -> 2, 2 -> 3."""
         avg = lambda xs: float(sum(xs)) / len(xs)
         return [
             float(self.encoder_embed_dim),
@@ -182,7 +183,7 @@ class SubConfig:
             avg(self.decoder_ffn_embed_dim),
             avg(self.decoder_self_attention_heads),
             avg(self.decoder_ende_attention_heads),
-            avg(self.decoder_arbitrary_ende_attn),
+            avg([max(a, 0) + 1 for a in self.decoder_arbitrary_ende_attn]),
             float(self.qkv_dim),
         ]
 

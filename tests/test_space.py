@@ -108,7 +108,9 @@ def test_features_are_hat_ten_plus_qkv(space):
     f = cfg.features()
     assert len(f) == 11
     assert f[0] == 192 and f[1] == 3 and f[2] == 512 and f[-1] == 192
-    assert f[9] == sum(cfg.decoder_arbitrary_ende_attn) / cfg.decoder_layer_num
+    assert cfg.decoder_arbitrary_ende_attn == (1, 1, 1) and f[9] == 2.0  # two encoder layers attended, as HAT counts
+    mixed = cfg.replace(decoder_arbitrary_ende_attn=(-1, 1, 2))
+    assert mixed.features()[9] == pytest.approx((1 + 2 + 3) / 3)  # HAT's datasets: 1, 2 or 3 layers attended
 
 
 def test_every_choice_key_is_read(space):
