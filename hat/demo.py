@@ -405,6 +405,7 @@ class Pipeline:
                 "params_M": count_parameters(m.model) / 1e6,
                 "memory_mb_fp16": self.memory_mb(cfg, m.model.opt),
                 "latency_ms": lat[n]["latency_ms"], "latency_source": lat[n]["source"],
+                "latency_rounds_ms": lat[n]["rounds_ms"],
                 "predicted_ms": float(pred.predict([cfg])[0]),
                 "bleu": bleu[n]["bleu"],
             })
@@ -446,10 +447,14 @@ class Pipeline:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import numpy as np
 
         fig, ax = plt.subplots(figsize=(5, 4))
         for r, c in zip(rows, ("tab:red", "tab:blue")):
-            ax.scatter([r["latency_ms"]], [r["bleu"]], color=c, s=60, label=f"{r['model']} ({r['params_M']:.1f}M)")
+            q = np.percentile(r["latency_rounds_ms"], [25, 75])  # spread of the rounds: the measurement noise
+            ax.errorbar([r["latency_ms"]], [r["bleu"]], xerr=[[r["latency_ms"] - q[0]], [q[1] - r["latency_ms"]]],
+                        fmt="o", color=c, ms=8, capsize=4,
+                        label=f"{r['model']} ({r['params_M']:.1f}M; bar: rounds 25-75%)")
         ax.set_xlabel(f"latency ms [{rows[0]['latency_source']}]")
         ax.set_ylabel("BLEU (test)")
         ax.set_title(f"{self.name}: searched vs baseline")
