@@ -1,4 +1,4 @@
-"""The main job on the embedded demo task, end to end, as a user runs it:
+"""The main job on the embedded demo task, end to end (make demo).
 
     python -m hat.demo [--device cpu|cuda] [--retrain-super] [--retrain] [--speedup 1.5]
 
@@ -534,7 +534,7 @@ class _Filter:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hat.demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--task-dir", default="configs/demo.de-en")
+    ap.add_argument("--task-dir", default="configs/demo.de-en", help="configs/<task> laid out as HAT's")
     ap.add_argument("--space", default="space0", help="supertransformer/<space>.yml")
     ap.add_argument("--baseline", default="baseline", help="subtransformer/<baseline>.yml: the hand-sized model")
     ap.add_argument("--device", choices=sorted(PROFILES), default="cpu",
@@ -544,7 +544,9 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=None, help="results directory (default results/<task>)")
     ap.add_argument("--checkpoints", default=None,
                     help="where trained models go (default checkpoints/<task>/demo-<device>)")
-    ap.add_argument("--retrain", action="store_true", help="run every stage again even where it finished before")
+    ap.add_argument("--retrain", action="store_true", help="run every stage's script again even where its stamp says done (each still resumes its own "
+                         "files: training from checkpoint_last.pt, the latency dataset from its CSV; remove those "
+                         "to start a stage from scratch)")
     ap.add_argument("--retrain-super", action="store_true", help="train the SuperTransformer instead of the shipped")
     ap.add_argument("--super", default=None, help="use this SuperTransformer checkpoint (no training)")
     ap.add_argument("--latency-dataset", default=None,
