@@ -24,6 +24,7 @@ search resume from their own files.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -271,11 +272,8 @@ class Pipeline:
             from hat.checkpoint import load_model
             from hat.latency.backends import OrtBackend
             from hat.latency.protocol import measure
-            from hat.latency.run import protocol_of
-            from hat.train import build_args
 
-            lat_args = build_args([f"--configs={self.lat_yml}"], extra_parser_hook=_lat_hook, data_optional=True)
-            protocol = protocol_of(lat_args)
+            protocol = self.protocol
             loaded = {n: load_model(str(ROOT / p)) for n, p in models.items()}
             by_key = {m.sub_config.key(): m.model for m in loaded.values()}
             opt = next(iter(loaded.values())).model.opt
@@ -320,13 +318,19 @@ class Pipeline:
 
         return SubConfig.from_hat_dict(load_yaml(str(ROOT / yml)))
 
-    def memory_mb(self, cfg, opt) -> float:
+    @functools.cached_property
+    def protocol(self):
+        """The latency protocol (shapes, runs) of the task's latency dataset config: used for the final models too."""
         from hat.latency.run import protocol_of
-        from hat.memory import memory_mb
         from hat.train import build_args
 
-        lat_args = build_args([f"--configs={self.lat_yml}"], extra_parser_hook=_lat_hook, data_optional=True)
-        p = protocol_of(lat_args)
+        return protocol_of(build_args([f"--configs={self.lat_yml}"], extra_parser_hook=_lat_hook,
+                                      data_optional=True))
+
+    def memory_mb(self, cfg, opt) -> float:
+        from hat.memory import memory_mb
+
+        p = self.protocol
         return memory_mb(cfg, opt, "fp16", {"src_len": p.src_len, "tgt_len": p.tgt_len, "beam": p.beam})
 
     # -- all of it ------------------------------------------------------------------------------------------------

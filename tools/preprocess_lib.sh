@@ -1,6 +1,7 @@
 # Shared by configs/<task>/preprocess.sh (sourced after the script sets NAME, src, tgt, URLS, TOOLS): environment,
 # the helpers (url, die, fetch, unpack, tok, lower, sgm, clean), the checks that run before anything is written
-# (network, tools), and a temporary work folder ($WORK with $tmp and $prep) removed on exit.
+# (network, tools), a temporary work folder ($WORK with $tmp and $prep) removed on exit, and the steps several tasks
+# end with (bpe, binarize_with_hat_dict, into_place).
 set -euo pipefail
 WORKERS="${1:-$(nproc 2>/dev/null || echo 4)}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -63,3 +64,34 @@ mkdir -p "$ORIG"
 WORK="$(mktemp -d "$TEXT/.work.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 tmp="$WORK/tmp"; prep="$WORK/tokenized"; mkdir -p "$tmp" "$prep"
+
+bpe() {  # OUT_PREFIX: learn $BPE_TOKENS joint merges on $tmp/train.$src + .$tgt ($prep/code), apply to train/valid/test
+    echo "learning BPE ($BPE_TOKENS merges) on train.$src + train.$tgt..." >&2
+    cat "$tmp/train.$src" "$tmp/train.$tgt" | subword-nmt learn-bpe -s $BPE_TOKENS > "$prep/code"
+    local l f
+    for l in $src $tgt; do
+        for f in train valid test; do
+            subword-nmt apply-bpe -c "$prep/code" < "$tmp/$f.$l" > "$1$f.$l"
+        done
+    done
+}
+binarize_with_hat_dict() {  # $tmp/bpe.* -> cleaned $prep/* -> $WORK/bin with HAT's dictionary ($DICT_URL, $THRESHOLD)
+    clean "$tmp/bpe.train" "$prep/train" 1 250
+    clean "$tmp/bpe.valid" "$prep/valid" 1 250
+    local l
+    for l in $src $tgt; do cp "$tmp/bpe.test.$l" "$prep/test.$l"; done
+    # HAT binarizes with its own dictionary "to get the same preprocessed data"
+    fetch "$DICT_URL"
+    echo "binarizing..." >&2
+    fairseq-preprocess --source-lang $src --target-lang $tgt \
+        --trainpref "$prep/train" --validpref "$prep/valid" --testpref "$prep/test" \
+        --destdir "$WORK/bin" --thresholdtgt $THRESHOLD --thresholdsrc $THRESHOLD --joined-dictionary \
+        --tgtdict "$ORIG/$(basename "${DICT_URL%%\?*}")" --workers "$WORKERS"
+}
+into_place() {  # tokenized text (for BLEU on tokenized references) and the binarized data the configs read
+    rm -rf "$TEXT/tokenized"
+    mv "$prep" "$TEXT/tokenized"
+    mkdir -p "$(dirname "$BIN")"
+    mv "$WORK/bin" "$BIN"
+    echo "done: $BIN" >&2
+}

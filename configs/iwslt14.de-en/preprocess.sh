@@ -50,22 +50,11 @@ for l in $src $tgt; do
         "$tmp/IWSLT14.TED.tst2011.$lang.$l" "$tmp/IWSLT14.TED.tst2012.$lang.$l" > "$tmp/test.$l"
 done
 
-echo "learning BPE ($BPE_TOKENS merges) on train.$src + train.$tgt..." >&2
-cat "$tmp/train.$src" "$tmp/train.$tgt" | subword-nmt learn-bpe -s $BPE_TOKENS > "$prep/code"
-for l in $src $tgt; do
-    for f in train valid test; do
-        subword-nmt apply-bpe -c "$prep/code" < "$tmp/$f.$l" > "$prep/$f.$l"
-    done
-done
+bpe "$prep/"
 
 echo "binarizing..." >&2
 fairseq-preprocess --source-lang $src --target-lang $tgt \
     --trainpref "$prep/train" --validpref "$prep/valid" --testpref "$prep/test" \
     --destdir "$WORK/bin" --workers "$WORKERS"
 
-# into place: tokenized text (for BLEU on tokenized references) and the binarized data the configs read
-rm -rf "$TEXT/tokenized"
-mv "$prep" "$TEXT/tokenized"
-mkdir -p "$(dirname "$BIN")"
-mv "$WORK/bin" "$BIN"
-echo "done: $BIN" >&2
+into_place

@@ -35,9 +35,4 @@ fairseq-preprocess --source-lang $src --target-lang $tgt \
     --testpref "$prep/newstest2014.tok.bpe.32000" --destdir "$WORK/bin" \
     --nwordssrc 32768 --nwordstgt 32768 --joined-dictionary --workers "$WORKERS"
 
-# into place: tokenized text (for BLEU on tokenized references) and the binarized data the configs read
-rm -rf "$TEXT/tokenized"
-mv "$prep" "$TEXT/tokenized"
-mkdir -p "$(dirname "$BIN")"
-mv "$WORK/bin" "$BIN"
-echo "done: $BIN" >&2
+into_place

@@ -71,28 +71,7 @@ done
 
 for l in $src $tgt; do cp "$tmp/train.tags.$lang.tok.$l" "$tmp/train.$l"; done
 
-echo "learning BPE ($BPE_TOKENS merges) on train.$src + train.$tgt..." >&2
-cat "$tmp/train.$src" "$tmp/train.$tgt" | subword-nmt learn-bpe -s $BPE_TOKENS > "$prep/code"
-for l in $src $tgt; do
-    for f in train valid test; do
-        subword-nmt apply-bpe -c "$prep/code" < "$tmp/$f.$l" > "$tmp/bpe.$f.$l"
-    done
-done
-clean "$tmp/bpe.train" "$prep/train" 1 250
-clean "$tmp/bpe.valid" "$prep/valid" 1 250
-for l in $src $tgt; do cp "$tmp/bpe.test.$l" "$prep/test.$l"; done
+bpe "$tmp/bpe."
+binarize_with_hat_dict
 
-# HAT binarizes with its own dictionary "to get the same preprocessed data"
-fetch "$DICT_URL"
-echo "binarizing..." >&2
-fairseq-preprocess --source-lang $src --target-lang $tgt \
-    --trainpref "$prep/train" --validpref "$prep/valid" --testpref "$prep/test" \
-    --destdir "$WORK/bin" --thresholdtgt $THRESHOLD --thresholdsrc $THRESHOLD --joined-dictionary \
-    --tgtdict "$ORIG/$(basename "${DICT_URL%%\?*}")" --workers "$WORKERS"
-
-# into place: tokenized text (for BLEU on tokenized references) and the binarized data the configs read
-rm -rf "$TEXT/tokenized"
-mv "$prep" "$TEXT/tokenized"
-mkdir -p "$(dirname "$BIN")"
-mv "$WORK/bin" "$BIN"
-echo "done: $BIN" >&2
+into_place

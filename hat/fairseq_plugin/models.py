@@ -167,7 +167,6 @@ def inherit(core: SuperTransformer, sub: SubConfig, path: str) -> None:
     from hat.checkpoint import load_model
 
     sup = load_model(path)
-    sup.model.check_fits(sub)
     if (sup.model.opt.src_vocab, sup.model.opt.tgt_vocab) != (core.opt.src_vocab, core.opt.tgt_vocab):
         raise ValueError(f"--inherit-from {path}: vocabulary {sup.model.opt.src_vocab}/{sup.model.opt.tgt_vocab} "
                          f"differs from the data's {core.opt.src_vocab}/{core.opt.tgt_vocab}")
