@@ -1,7 +1,7 @@
 # Shared by configs/<task>/preprocess.sh (sourced after the script sets NAME, src, tgt, URLS, TOOLS): environment,
 # the helpers (url, die, fetch, unpack, tok, lower, sgm, clean), the checks that run before anything is written
 # (network, tools), a temporary work folder ($WORK with $tmp and $prep) removed on exit, and the steps several tasks
-# end with (bpe, binarize_with_hat_dict, into_place).
+# share (tokenize_corpora, bpe, binarize_with_hat_dict, into_place).
 set -euo pipefail
 WORKERS="${1:-$(nproc 2>/dev/null || echo 4)}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -65,6 +65,20 @@ WORK="$(mktemp -d "$TEXT/.work.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 tmp="$WORK/tmp"; prep="$WORK/tokenized"; mkdir -p "$tmp" "$prep"
 
+tokenize_corpora() {  # $ORIG/<each of $CORPORA>.<lang> -> $tmp/train.tags.$lang.tok.<lang> (Moses normalize + tokenize -a)
+    echo "pre-processing train data..." >&2
+    local l f
+    for l in $src $tgt; do
+        rm -f "$tmp/train.tags.$lang.tok.$l"
+        for f in "${CORPORA[@]}"; do
+            sacremoses -q -l $l -j "$WORKERS" normalize -c tokenize -a < "$ORIG/$f.$l" >> "$tmp/train.tags.$lang.tok.$l"
+        done
+    done
+    echo "pre-processing valid/test data..." >&2
+    for l in $src $tgt; do
+        if [ "$l" == "$src" ]; then make_dev_test $l src; else make_dev_test $l ref; fi  # the task's own
+    done
+}
 bpe() {  # OUT_PREFIX: learn $BPE_TOKENS joint merges on $tmp/train.$src + .$tgt ($prep/code), apply to train/valid/test
     echo "learning BPE ($BPE_TOKENS merges) on train.$src + train.$tgt..." >&2
     cat "$tmp/train.$src" "$tmp/train.$tgt" | subword-nmt learn-bpe -s $BPE_TOKENS > "$prep/code"

@@ -46,19 +46,7 @@ make_dev_test() {  # LANG src|ref
     sgm "$ORIG/test-full/newstest2014-fren-$2.$1.sgm" | tok $1 -a > "$tmp/test.$1"
 }
 
-echo "pre-processing train data..." >&2
-for l in $src $tgt; do
-    rm -f "$tmp/train.tags.$lang.tok.$l"
-    for f in "${CORPORA[@]}"; do
-        sacremoses -q -l $l -j "$WORKERS" normalize -c tokenize -a < "$ORIG/$f.$l" >> "$tmp/train.tags.$lang.tok.$l"
-    done
-done
-
-echo "pre-processing valid/test data..." >&2
-for l in $src $tgt; do
-    if [ "$l" == "$src" ]; then t="src"; else t="ref"; fi
-    make_dev_test $l $t
-done
+tokenize_corpora  # train from $CORPORA, valid/test through make_dev_test
 
 echo "splitting train and valid..." >&2
 for l in $src $tgt; do

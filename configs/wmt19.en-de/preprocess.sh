@@ -55,19 +55,7 @@ make_dev_test() {  # LANG src|ref
     sgm "$ORIG/dev/newstest2018-ende-$2.$1.sgm" | tok $1 -a > "$tmp/test.$1"
 }
 
-echo "pre-processing train data..." >&2
-for l in $src $tgt; do
-    rm -f "$tmp/train.tags.$lang.tok.$l"
-    for f in "${CORPORA[@]}"; do
-        sacremoses -q -l $l -j "$WORKERS" normalize -c tokenize -a < "$ORIG/$f.$l" >> "$tmp/train.tags.$lang.tok.$l"
-    done
-done
-
-echo "pre-processing valid/test data..." >&2
-for l in $src $tgt; do
-    if [ "$l" == "$src" ]; then t="src"; else t="ref"; fi
-    make_dev_test $l $t
-done
+tokenize_corpora  # train from $CORPORA, valid/test through make_dev_test
 
 for l in $src $tgt; do cp "$tmp/train.tags.$lang.tok.$l" "$tmp/train.$l"; done
 
