@@ -16,7 +16,8 @@ from conftest import FIXTURES, ROOT, run_script
 
 from hat.config import load_yaml
 from hat.errors import CheckpointError, ConfigError
-from hat.export import UnsupportedOpError, onnx_path, read_sidecar, sha256_file, sidecar_path
+from hat.export import UnsupportedOpError, onnx_path, read_sidecar, sidecar_path
+from hat.io import sha256_file
 from hat.export import decode
 from hat.export.onnx import (
     FORBIDDEN_OPS,

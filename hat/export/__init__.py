@@ -12,15 +12,12 @@ Files (``<dir>`` is ``onnx-dir``, ``<name>`` the export name, ``<part>`` is ``en
                                                special token ids, sha256 of the .onnx
     <rknn-dir>/<name>_<part>.<platform>.<precision>.rknn  (+ same name with .json)   convert2rknn.py
 
-Every file is written under a temporary name and moved into place once complete (no partial file under a final name).
+Every file is written with :func:`hat.io.atomic_output` (no partial file under a final name).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
-from contextlib import contextmanager
 
 from hat.errors import HatError
 
@@ -50,45 +47,6 @@ def sidecar_path(onnx_dir: str, name: str, part: str) -> str:
 
 def rknn_path(rknn_dir: str, name: str, part: str, platform: str, precision: str) -> str:
     return os.path.join(rknn_dir, f"{name}_{part}.{platform}.{precision}.rknn")
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_output(final_path: str):
-    """Yields a temporary path in the final directory; on success it is moved to ``final_path`` (os.replace), on any
-    error it is removed, so ``final_path`` is either the old file, absent, or complete."""
-    d = os.path.dirname(os.path.abspath(final_path))
-    os.makedirs(d, exist_ok=True)
-    base = os.path.basename(final_path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".partial", dir=d)
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600; a finished file gets the usual mode
-        os.replace(tmp, final_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json(path: str, data) -> None:
-    with atomic_output(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
 
 
 def read_sidecar(onnx_dir: str, name: str, part: str) -> dict:

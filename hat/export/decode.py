@@ -23,8 +23,7 @@ import numpy as np
 
 from hat.export import PARTS, ExportError, onnx_path, read_sidecar
 from hat.export.graphs import MASK_VALUE
-
-PAD, EOS, UNK = 1, 2, 3
+from hat.vocab import EOS, PAD, UNK
 
 
 # ---- inputs the host computes ----------------------------------------------------------------------------------------

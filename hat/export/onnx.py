@@ -26,21 +26,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hat.errors import CheckpointError, ConfigError
-from hat.export import (
-    SIDECAR_FORMAT,
-    ExportError,
-    UnsupportedOpError,
-    atomic_output,
-    onnx_path,
-    sha256_file,
-    sidecar_path,
-    write_json,
-)
+from hat.export import SIDECAR_FORMAT, ExportError, UnsupportedOpError, onnx_path, sidecar_path
+from hat.io import atomic_output, sha256_file, write_json
+from hat.vocab import BOS, EOS, PAD, UNK
 
 FORBIDDEN_OPS = ("CumSum", "Range", "Trilu", "TopK", "Neg")  # absent from the RK3588 NPU
 PARITY_ATOL = 1e-4
 DEFAULT_OPSET = 17
-BOS, PAD, EOS, UNK = 0, 1, 2, 3  # fairseq Dictionary's special symbols (pad comes from the model options)
 
 
 # ---- checks ---------------------------------------------------------------------------------------------------------

@@ -31,17 +31,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hat.errors import ConfigError
-from hat.export import (
-    PARTS,
-    ExportError,
-    ToolkitMissingError,
-    atomic_output,
-    onnx_path,
-    read_sidecar,
-    rknn_path,
-    sha256_file,
-    write_json,
-)
+from hat.export import PARTS, ExportError, ToolkitMissingError, onnx_path, read_sidecar, rknn_path
+from hat.io import atomic_output, sha256_file, write_json
 
 PLATFORMS = ("rk3588", "rk3576", "rk3566", "rk3568", "rk3562")
 FP16_MIN_COSINE = 0.999

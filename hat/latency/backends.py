@@ -74,7 +74,8 @@ def random_model(cfg: SubConfig, opt, seed: int = SEED):
 
 def _exported(onnx_dir: str, name: str, s) -> bool:
     """Both graphs are in ``onnx_dir`` with the shapes ``s`` asks for and unchanged since export."""
-    from hat.export import onnx_path, read_sidecar, sha256_file
+    from hat.export import onnx_path, read_sidecar
+    from hat.io import sha256_file
 
     try:
         for part in ("enc", "dec"):
@@ -272,7 +273,8 @@ def _model_files_present(bundle: str, entry: dict) -> bool:
 
 def bundle_model(cfg: SubConfig, opt, protocol: Protocol, bundle: str, platform: str, keep: bool = False) -> dict:
     """Export + build one SubTransformer into ``bundle``; returns its manifest entry."""
-    from hat.export import atomic_output, read_sidecar
+    from hat.export import read_sidecar
+    from hat.io import atomic_output
 
     build = os.path.join(bundle, ".build", cfg.key())
     name = export_onnx(cfg, opt, protocol, build)
@@ -300,7 +302,7 @@ def make_bundle(args, opt, protocol: Protocol, configs: List[SubConfig], log=pri
     """Build (or extend) the board bundle for ``configs``; resumable: SubTransformers already in the manifest (with
     their files) are skipped, the manifest is rewritten atomically after each one. ``argv`` (this run's flags) makes
     the printed collect command complete."""
-    from hat.export import write_json
+    from hat.io import write_json
     from hat.export.rknn import PLATFORMS, toolkit_version
     from hat.latency import board
 
@@ -340,7 +342,7 @@ def make_bundle(args, opt, protocol: Protocol, configs: List[SubConfig], log=pri
     for cfg in (progress(todo) if progress else todo):
         manifest["models"].append(bundle_model(cfg, opt, protocol, bundle, platform, keep))
         write_json(manifest_path, manifest)
-    from hat.export import atomic_output
+    from hat.io import atomic_output
 
     with atomic_output(os.path.join(bundle, "board.py")) as tmp:  # the runner travels with the bundle
         shutil.copyfile(board.__file__, tmp)

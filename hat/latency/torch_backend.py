@@ -10,8 +10,9 @@ from hat.errors import HatError
 from hat.latency.protocol import Backend, Protocol
 from hat.models.transformer import ModelOptions, SuperTransformer
 from hat.space import SubConfig
+from hat.vocab import EOS
 
-EOS, TOKEN = 2, 7  # HAT's dummy sentence: [eos] + [7] * (len - 1)
+TOKEN = 7  # HAT's dummy sentence: [eos] + [7] * (len - 1)
 
 
 class TorchBackend(Backend):
