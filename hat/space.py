@@ -89,6 +89,12 @@ FEATURE_NAMES = (
 )
 
 
+def ende_layers(arbitrary_ende_attn: int) -> int:
+    """Encoder layers one decoder layer attends to, from HAT's arbitrary encoder-decoder attention gene: -1 -> the last
+    layer only (1), 1 -> the last two (2), 2 -> the last three (3)."""
+    return max(int(arbitrary_ende_attn), 0) + 1
+
+
 def _attr(key: str) -> str:
     return key.replace("-", "_")
 
@@ -169,6 +175,12 @@ class SubConfig:
         """Stable short id of this architecture (equal configs give equal keys)."""
         return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
 
+    @property
+    def ende_layers(self) -> List[int]:
+        """Per decoder layer, how many encoder layers' outputs its encoder-decoder attention reads (see
+        :func:`ende_layers`)."""
+        return [ende_layers(a) for a in self.decoder_arbitrary_ende_attn]
+
     def features(self) -> List[float]:
         """HAT's ten latency features (averages over the sampled layers), then qkv dim. The arbitrary encoder-decoder
         attention counts encoder layers attended, as HAT's datasets do: -1 -> 1, 1 -> 2, 2 -> 3."""
@@ -183,7 +195,7 @@ class SubConfig:
             avg(self.decoder_ffn_embed_dim),
             avg(self.decoder_self_attention_heads),
             avg(self.decoder_ende_attention_heads),
-            avg([max(a, 0) + 1 for a in self.decoder_arbitrary_ende_attn]),
+            avg(self.ende_layers),
             float(self.qkv_dim),
         ]
 

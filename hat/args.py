@@ -1,0 +1,281 @@
+"""Arguments -> what a stage works with, without fairseq: one place for the model keys, the architectures' defaults,
+the latency keys and :func:`stage_context` (args -> search space, model options, measuring protocol).
+
+Every stage builds its context here, whether its arguments came from fairseq's parser (train.py, evo_search.py,
+generate.py: :mod:`hat.fairseq_plugin.args`) or from :func:`parse_args` (latency_dataset.py, latency_predictor.py,
+which run without fairseq). The fairseq plugin registers the same model keys and architectures from this module.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence
+
+from hat.errors import ConfigError
+from hat.space import CHOICE_KEYS, SUB_KEYS, SUPER_KEYS, SearchSpace, SubConfig
+
+# ---- the model: architectures and their defaults -----------------------------------------------------------------
+# arch name -> defaults applied before the shared ones (an explicit YAML key or flag always wins)
+_SIDES = ("encoder", "decoder")
+ARCHS: Dict[str, Dict[str, object]] = {
+    "transformersuper": {},
+    "transformersuper_wmt_en_de": {"dropout": 0.3, "attention_dropout": 0.1},
+    "transformersuper_wmt_en_fr": {"dropout": 0.1, "attention_dropout": 0.1},
+    "transformersuper_iwslt_de_en": {**{f"{s}_{k}": v for s in _SIDES for k, v in
+                                        (("embed_dim", 640), ("ffn_embed_dim", 2048), ("attention_heads", 4))},
+                                     "dropout": 0.3, "attention_dropout": 0.1},
+    # small enough to train on two CPU cores in minutes (the embedded demo corpus)
+    "transformersuper_demo": {**{f"{s}_{k}": v for s in _SIDES for k, v in
+                                 (("embed_dim", 256), ("ffn_embed_dim", 512), ("layers", 3), ("attention_heads", 4))},
+                              "qkv_dim": 256, "dropout": 0.1, "attention_dropout": 0.0},
+}
+_LIST_SUB_KEYS = {k for k in SUB_KEYS if "-all-" in k}
+
+
+def _default(args, name, value):
+    if getattr(args, name, None) is None:
+        setattr(args, name, value)
+
+
+def apply_arch_defaults(args, arch: Optional[str] = None) -> None:
+    """Fill what ``args`` leaves unset from ``arch`` (default: ``args.arch``), then the shared defaults; a space that
+    was not given is the SuperTransformer alone (one choice per gene)."""
+    arch = arch or getattr(args, "arch", None) or "transformersuper"
+    for name, value in ARCHS.get(arch, {}).items():
+        _default(args, name, value)
+    for name, value in (("dropout", 0.1), ("attention_dropout", 0.0), ("activation_dropout", 0.0),
+                        ("activation_fn", "relu")):
+        _default(args, name, value)
+    for side in _SIDES:
+        _default(args, f"{side}_embed_dim", 512)
+        _default(args, f"{side}_ffn_embed_dim", 2048)
+        _default(args, f"{side}_layers", 6)
+        _default(args, f"{side}_attention_heads", 8)
+    _default(args, "qkv_dim", 512)
+    for side in _SIDES:
+        _default(args, f"{side}_embed_choice", [getattr(args, f"{side}_embed_dim")])
+        _default(args, f"{side}_ffn_embed_dim_choice", [getattr(args, f"{side}_ffn_embed_dim")])
+        _default(args, f"{side}_layer_num_choice", [getattr(args, f"{side}_layers")])
+        _default(args, f"{side}_self_attention_heads_choice", [getattr(args, f"{side}_attention_heads")])
+    _default(args, "decoder_ende_attention_heads_choice", [args.decoder_attention_heads])
+    _default(args, "decoder_arbitrary_ende_attn_choice", [-1])
+    _default(args, "qkv_dim_choice", [args.qkv_dim])
+
+
+def add_model_args(parser) -> None:
+    """The model's keys (fairseq registers them through ``TransformerSuperModel.add_args``; fairseq-free stages
+    through :func:`parse_args`)."""
+    add = parser.add_argument
+    add("--dropout", type=float, metavar="D", help="dropout probability")
+    add("--attention-dropout", type=float, metavar="D", help="dropout probability for attention weights")
+    add("--activation-dropout", type=float, metavar="D", help="dropout probability after the FFN activation")
+    add("--activation-fn", choices=["relu"], help="activation function (relu, as HAT)")
+    add("--encoder-normalize-before", action="store_true", help="pre-norm encoder layers")
+    add("--decoder-normalize-before", action="store_true", help="pre-norm decoder layers")
+    add("--share-all-embeddings", action="store_true", help="share encoder, decoder and output embeddings")
+    add("--share-decoder-input-output-embed", action="store_true", help="share decoder input/output embeddings")
+    add("--no-scale-embedding", action="store_true", help="do not scale embeddings by sqrt(dim)")
+    for key in SUPER_KEYS:
+        add("--" + key, type=int, metavar="N", help=f"SuperTransformer {key}")
+    for key in CHOICE_KEYS:
+        add("--" + key, type=int, nargs="+", metavar="N", help=f"search space: {key}")
+    for key in SUB_KEYS:
+        add("--" + key, type=int, nargs="+" if key in _LIST_SUB_KEYS else None, metavar="N",
+            help=f"SubTransformer: {key}")
+    add("--train-subtransformer", action="store_true", help="train one fixed SubTransformer (its own weights)")
+    add("--inherit-from", metavar="CHECKPOINT",
+        help="with --train-subtransformer: start from this SuperTransformer's weights (sliced to the "
+             "SubTransformer) instead of a random init; a resumed run keeps its own checkpoint_last.pt")
+
+
+def space_from_args(args, source: str = "model args") -> SearchSpace:
+    d = {k: getattr(args, k.replace("-", "_"), None) for k in SUPER_KEYS + CHOICE_KEYS}
+    return SearchSpace.from_dict({k: v for k, v in d.items() if v is not None}, source=source)
+
+
+def sub_config_from_args(args, source: str = "SubTransformer config") -> Optional[SubConfig]:
+    d = {k: getattr(args, k.replace("-", "_"), None) for k in SUB_KEYS}
+    if all(v is None for v in d.values()):
+        return None
+    return SubConfig.from_hat_dict(d, source=source)
+
+
+def options_from_args(args, src_vocab: int, tgt_vocab: int, padding_idx: int = 1):
+    from hat.models.transformer import ModelOptions
+
+    g = lambda name, default: getattr(args, name, default) if getattr(args, name, None) is not None else default
+    return ModelOptions(
+        src_vocab=src_vocab,
+        tgt_vocab=tgt_vocab,
+        padding_idx=padding_idx,
+        share_all_embeddings=bool(g("share_all_embeddings", False)),
+        share_decoder_input_output_embed=bool(g("share_decoder_input_output_embed", False)),
+        dropout=float(g("dropout", 0.1)),
+        attention_dropout=float(g("attention_dropout", 0.0)),
+        activation_dropout=float(g("activation_dropout", 0.0)),
+        encoder_normalize_before=bool(g("encoder_normalize_before", False)),
+        decoder_normalize_before=bool(g("decoder_normalize_before", False)),
+        no_scale_embedding=bool(g("no_scale_embedding", False)),
+        max_source_positions=int(g("max_source_positions", 1024)),
+        max_target_positions=int(g("max_target_positions", 1024)),
+    )
+
+
+# ---- latency measurement ------------------------------------------------------------------------------------------
+LATENCY_BACKENDS = ("cpu", "gpu", "onnxruntime", "npu", "npu-adb")
+
+
+def add_latency_args(parser) -> None:
+    g = parser.add_argument_group("latency measurement (HAT's keys + ours)")
+    names = {o for a in parser._actions for o in a.option_strings}
+    add = lambda flag, **kw: g.add_argument(flag, **kw) if flag not in names else None
+    add("--latcpu", action="store_true", help="measure on the CPU with torch (HAT)")
+    add("--latgpu", action="store_true", help="measure on the GPU with torch (HAT)")
+    add("--latnpu", action="store_true", help="measure a converted RKNN model on the board")
+    add("--latiter", type=int, default=20, help="timed runs per SubTransformer (HAT)")
+    add("--latsilent", action="store_true", help="no per-run printing (HAT)")
+    add("--lat-warmup", type=int, default=5, help="untimed runs before timing")
+    add("--lat-trim", type=float, default=0.1, help="share of fastest and of slowest runs dropped")
+    add("--lat-src-len", type=int, default=30, help="source length of the dummy sentence (HAT: 30 WMT, 23 IWSLT)")
+    add("--lat-tgt-len", type=int, default=30, help="decoder steps per run")
+    add("--lat-threads", type=int, default=None, help="CPU threads for cpu/onnxruntime backends")
+    add("--lat-vocab-size", type=int, default=None, help="vocabulary size when the data dir has no dictionary")
+    add("--lat-dataset-path", default="latency_dataset/lat.csv", help="CSV to write (appended row by row)")
+    add("--lat-dataset-size", type=int, default=200, help="number of sampled SubTransformers")
+    add("--lat-seed", type=int, default=1, help="sampling seed")
+    add("--latency-backend", choices=LATENCY_BACKENDS, default=None, help="backend (default: from latcpu/latgpu)")
+    add("--lat-work-dir", default=None, help="where backends keep exported models (onnxruntime, npu)")
+    add("--rknn-name", default=None, help="RKNN model to measure with --latnpu")
+    add("--target-platform", default="rk3588", help="RKNN target platform (npu backends)")
+    add("--npu-core-mask", default="auto", help="NPU core mask on the board (auto, 0, 1, 2, 0_1, 0_1_2)")
+    add("--device-id", default=None, help="adb device id for the npu-adb backend")
+    add("--lat-keep-models", action="store_true",
+        help="keep the exported ONNX/RKNN files in lat-work-dir after measuring (onnxruntime, npu, npu-adb)")
+    add("--collect", default=None, metavar="RESULTS.jsonl",
+        help="merge the board runner's results (latency-backend npu) into lat-dataset-path instead of measuring")
+
+
+def vocab_size(args) -> int:
+    """``lat-vocab-size``, else the size of the data dir's dictionary (the source language's when known)."""
+    from hat.vocab import dict_size, find_dict
+
+    if getattr(args, "lat_vocab_size", None):
+        return int(args.lat_vocab_size)
+    data = str(getattr(args, "data", "") or "").split(":")[0]
+    path = find_dict(data, getattr(args, "source_lang", None))
+    if path is None:
+        raise ConfigError(f"no dictionary in data dir {data!r}: give lat-vocab-size")
+    return dict_size(path)
+
+
+def backend_name(args) -> str:
+    if getattr(args, "latency_backend", None):
+        return args.latency_backend
+    if getattr(args, "latgpu", False):
+        return "gpu"
+    if getattr(args, "latcpu", False):
+        return "cpu"
+    raise ConfigError("choose a backend: latency-backend (cpu, gpu, onnxruntime, npu, npu-adb), latcpu or latgpu")
+
+
+def protocol_of(args):
+    from hat.latency.protocol import Protocol
+
+    return Protocol(src_len=args.lat_src_len, tgt_len=args.lat_tgt_len, beam=int(getattr(args, "beam", 4) or 4),
+                    warmup=args.lat_warmup, repeats=args.latiter, trim=args.lat_trim)
+
+
+# ---- the context every stage starts from --------------------------------------------------------------------------
+@dataclass
+class StageContext:
+    space: SearchSpace
+    options: object  # hat.models.transformer.ModelOptions
+    protocol: object  # hat.latency.protocol.Protocol
+    sub_config: Optional[SubConfig]  # the SubTransformer the YAML/flags describe, if any
+    vocab: int
+
+
+def stage_context(args, source: Optional[str] = None) -> StageContext:
+    """args (from either parser) -> the search space, the model options, the measuring protocol. The architecture's
+    defaults are applied first; the vocabulary comes from ``lat-vocab-size`` or the data dir's dictionary."""
+    apply_arch_defaults(args)
+    source = source or getattr(args, "configs", None) or "command line"
+    space = space_from_args(args, source=source)
+    sub = sub_config_from_args(args, source=source)
+    vocab = vocab_size(args)
+    if not hasattr(args, "lat_src_len"):  # a parser without the latency keys: the protocol's defaults
+        from hat.latency.protocol import Protocol
+
+        protocol = Protocol(beam=int(getattr(args, "beam", 4) or 4))
+    else:
+        protocol = protocol_of(args)
+    return StageContext(space=space, options=options_from_args(args, vocab, vocab), protocol=protocol,
+                        sub_config=sub, vocab=vocab)
+
+
+# ---- a fairseq-free parser for the stages that do not train ---------------------------------------------------------
+# fairseq keys that HAT's shared YAMLs carry (copied from the supertransformer YAML into latency_dataset/*.yml) and
+# that a stage without fairseq accepts and ignores; tests check that fairseq's parser knows every one of them.
+IGNORED_FAIRSEQ_KEYS = (
+    "task", "max-tokens", "max-tokens-valid", "batch-size", "batch-size-valid", "update-freq", "max-update",
+    "max-epoch", "optimizer", "adam-betas", "adam-eps", "weight-decay", "clip-norm", "lr", "min-lr", "lr-scheduler",
+    "lr-shrink", "warmup-updates", "warmup-init-lr", "lr-period-updates", "t-mult", "criterion", "label-smoothing",
+    "save-dir", "save-interval", "save-interval-updates", "keep-last-epochs", "keep-interval-updates",
+    "no-epoch-checkpoints", "keep-best-checkpoints", "restore-file", "reset-optimizer", "reset-dataloader",
+    "reset-lr-scheduler", "reset-meters", "validate-interval", "validate-interval-updates", "log-interval",
+    "log-format", "tensorboard-logdir", "fp16", "amp", "bf16", "memory-efficient-fp16", "fp16-init-scale",
+    "distributed-world-size", "ddp-backend", "num-workers", "seed", "skip-invalid-size-inputs-valid-test",
+    "max-source-positions", "max-target-positions", "left-pad-source", "left-pad-target", "dataset-impl",
+    "best-checkpoint-metric", "maximize-best-checkpoint-metric", "patience", "required-batch-size-multiple",
+    "train-subset", "valid-subset", "disable-validation", "eval-bleu", "lenpen", "remove-bpe", "no-progress-bar",
+    "user-dir", "threshold-loss-scale", "no-save", "no-last-checkpoints",
+)
+
+
+def parse_args(argv: Sequence[str], description: str, hooks: Sequence[Callable] = (add_latency_args,),
+               config_flags: Sequence[str] = ("--configs", "--sub-configs"), ignored: Sequence[str] = ()):
+    """Parse a stage that needs no fairseq: the YAML files of ``config_flags`` (in order), then the command line.
+    Knows the model keys, ``arch``, ``data`` (positional or key), languages, ``beam``, ``cpu`` and what ``hooks``
+    add; fairseq's training keys (:data:`IGNORED_FAIRSEQ_KEYS`) are accepted and ignored; any other key is one
+    :class:`ConfigError` naming the key and its file."""
+    from hat.config import Loaded, parser_option_names, split_config_flags, to_argv
+
+    found, cli = split_config_flags(argv, config_flags)
+    loaded = Loaded([found.get(f.lstrip("-").replace("-", "_")) for f in config_flags])
+    p = StageArgumentParser(description=description, allow_abbrev=False)
+    p.add_argument("data", nargs="?", default=None, help="binarized data dir (for its dictionary)")
+    p.add_argument("--data", dest="data_flag", default=None, help=argparse.SUPPRESS)
+    p.add_argument("-a", "--arch", default="transformersuper", choices=sorted(ARCHS))
+    p.add_argument("-s", "--source-lang", default=None)
+    p.add_argument("-t", "--target-lang", default=None)
+    p.add_argument("--beam", type=int, default=4, help="beam width the decoder is measured at")
+    p.add_argument("--cpu", action="store_true", help="(fairseq's) use the CPU")
+    for c in config_flags:
+        p.add_argument(c, help="YAML file whose keys are flags of this script")
+    add_model_args(p)
+    for hook in hooks:
+        hook(p)
+    ign = p.add_argument_group("fairseq training keys (accepted, not used by this stage)")
+    known = set(parser_option_names(p))
+    for key in tuple(IGNORED_FAIRSEQ_KEYS) + tuple(ignored):
+        if "--" + key not in known:
+            ign.add_argument("--" + key, nargs="*", default=None, help=argparse.SUPPRESS)
+    loaded.check_known(parser_option_names(p), ignore=("data", "max-lr"))
+    values = {k: v for k, v in loaded.values.items() if k != "max-lr"}
+    yaml_argv, positional = to_argv(values, positional=("data",))
+    args = p.parse_args(positional + yaml_argv + list(cli))
+    if args.data_flag:
+        args.data = args.data_flag
+    del args.data_flag
+    args.data = args.data or "."
+    for c in config_flags:
+        setattr(args, c.lstrip("-").replace("-", "_"), found.get(c.lstrip("-").replace("-", "_")))
+    return args
+
+
+class StageArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one :class:`ConfigError` line (exit code 2 through :func:`hat.cli.run`)."""
+
+    def error(self, message):
+        raise ConfigError(message)
