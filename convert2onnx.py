@@ -8,7 +8,7 @@
 Writes <onnx-dir>/<name>_enc.onnx and <name>_dec.onnx, each with a JSON sidecar (see hat/export/__init__.py).
 """
 from hat.cli import run
-from hat.export.onnx import main
+from hat.stages.convert2onnx import main
 
 if __name__ == "__main__":
     run(main)

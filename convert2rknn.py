@@ -5,7 +5,7 @@
         [--enc | --dec] [--target-platform rk3588] [--precision fp16|int8] [--verify]
 """
 from hat.cli import run
-from hat.export.rknn import main
+from hat.stages.convert2rknn import main
 
 if __name__ == "__main__":
     run(main)

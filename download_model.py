@@ -8,7 +8,7 @@
 Registry: hat/model_registry.json (--registry FILE or $HAT_MODEL_REGISTRY for another). See hat/download.py.
 """
 from hat.cli import run
-from hat.download import main
+from hat.stages.download_model import main
 
 if __name__ == "__main__":
     run(main)

@@ -5,7 +5,7 @@
                          --evo-configs=configs/demo.de-en/evo_search/demo_onnxruntime.yml
 """
 from hat.cli import run
-from hat.evo import main
+from hat.stages.evo_search import main
 
 if __name__ == "__main__":
     run(main)

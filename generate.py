@@ -6,7 +6,7 @@
                        --path checkpoints/demo.de-en/subtransformer/demo@small/checkpoint_best.pt
 """
 from hat.cli import run
-from hat.generate import main
+from hat.stages.generate import main
 
 if __name__ == "__main__":
     run(main)

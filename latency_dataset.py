@@ -4,7 +4,7 @@
     python latency_dataset.py --configs=configs/demo.de-en/latency_dataset/cpu.yml
 """
 from hat.cli import run
-from hat.latency.run import main
+from hat.stages.latency_dataset import main
 
 if __name__ == "__main__":
     run(main)

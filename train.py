@@ -6,7 +6,7 @@
                     --sub-configs=configs/demo.de-en/subtransformer/common.yml
 """
 from hat.cli import run
-from hat.train import main
+from hat.stages.train import main
 
 if __name__ == "__main__":
     run(main)

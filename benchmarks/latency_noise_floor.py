@@ -25,22 +25,17 @@ def pop(argv, flag, default):
 
 
 def main(argv=None):
-    from hat.checkpoint import options_from_args, space_from_args
-    from hat.fairseq_plugin.models import base_architecture
+    from hat.args import add_latency_args, backend_name, parse_args, stage_context
+    from hat.latency import backends
     from hat.latency.protocol import measure
-    from hat.latency.run import add_latency_args, backend_name, make_backend, protocol_of, vocab_size
-    from hat.train import build_args
 
     argv = sys.argv[1:] if argv is None else argv
     n_cfg, argv = pop(argv, "--n-configs", 5)
     reps, argv = pop(argv, "--repeats", 5)
-    args = build_args(argv, extra_parser_hook=add_latency_args, data_optional=True)
-    base_architecture(args)
-    space = space_from_args(args)
-    vocab = vocab_size(args)
-    opt = options_from_args(args, vocab, vocab)
-    protocol = protocol_of(args)
-    backend = make_backend(backend_name(args), args, opt, protocol)
+    args = parse_args(argv, "latency noise floor: the same configs measured again", hooks=(add_latency_args,))
+    ctx = stage_context(args)
+    space, protocol = ctx.space, ctx.protocol
+    backend = backends.make(backend_name(args), args, ctx.options, protocol)
     rng = random.Random(7)
     cvs, within = [], []
     for cfg in [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(max(0, n_cfg - 2))]:

@@ -33,8 +33,9 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import latency_predictor as cli  # noqa: E402
 from hat import predictor as P  # noqa: E402
+from hat.io import write_text  # noqa: E402
+from hat.stages import latency_predictor as cli  # noqa: E402
 
 HEADING = "## Latency predictor on HAT's real-hardware datasets (issue 4)"
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "predictor_hat_datasets.json")
@@ -99,10 +100,7 @@ def write_readme_section(text: str, path: str = README) -> None:
         end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
         tail = "".join(lines[end:])
         new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(new)
-    os.replace(tmp, path)
+    write_text(path, new)
 
 
 def main(argv=None) -> int:
@@ -251,11 +249,8 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     merged = {(r["dataset"], r["seed"], r["split"]): r for r in stored.get("runs", [])}
     merged.update({(r["dataset"], r["seed"], r["split"]): r for r in runs})
-    with open(RESULTS + ".tmp", "w") as f:
-        json.dump({"command": cmd, "machine": machine, "seconds": round(elapsed, 1), "hat_mlp_seconds": round(t_hat, 1),
-                   "runs": list(merged.values())},
-                  f, indent=1)
-    os.replace(RESULTS + ".tmp", RESULTS)
+    write_text(RESULTS, json.dumps({"command": cmd, "machine": machine, "seconds": round(elapsed, 1),
+                                    "hat_mlp_seconds": round(t_hat, 1), "runs": list(merged.values())}, indent=1))
     if not args.no_readme and not args.only:
         write_readme_section(section)
         print(f"wrote {os.path.relpath(README, ROOT)} ({HEADING[3:]}) and {os.path.relpath(RESULTS, ROOT)}")

@@ -14,10 +14,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None):
-    from hat.checkpoint import space_from_args
-    from hat.evo import ValidLoss, add_evo_args
-    from hat.latency.run import add_latency_args
-    from hat.train import build_args
+    from hat.args import add_evo_args, add_latency_args, apply_arch_defaults, space_from_args
+    from hat.fairseq_plugin.args import build_args
+    from hat.fairseq_plugin.valid_loss import ValidLoss
 
     argv = sys.argv[1:] if argv is None else argv
     n = 20
@@ -31,6 +30,7 @@ def main(argv=None):
         add_evo_args(parser)
 
     args = build_args(argv, extra_parser_hook=hook)
+    apply_arch_defaults(args)
     space = space_from_args(args)
     t0 = time.perf_counter()
     fitness = ValidLoss(args)

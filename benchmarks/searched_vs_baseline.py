@@ -26,6 +26,6 @@ ARGS = ["--device", "cuda", "--results", "benchmarks/results/p3", "--super", "pr
 if __name__ == "__main__":
     os.chdir(ROOT)
     from hat.cli import run
-    from hat.demo import main
+    from hat.stages.demo import main
 
     run(lambda: main(ARGS + sys.argv[1:]))

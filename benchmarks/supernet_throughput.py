@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hat.config import load_yaml  # noqa: E402
 from hat.models import ModelOptions, SuperTransformer  # noqa: E402
-from hat.space import SearchSpace  # noqa: E402
+from hat.space import SearchSpace, ende_layers  # noqa: E402
 
 
 # ---- a dense reference written with plain PyTorch only (no elastic code) ------------------------------------------
@@ -97,7 +97,7 @@ class DenseTransformer(nn.Module):
         y = math.sqrt(self.d) * self.emb.weight[:, : self.d][tgt] + self.pe_d[:t]
         y = F.dropout(y, 0.1, self.training)
         for i, layer in enumerate(self.dec):
-            k = max(self.arb[i], 0) + 1
+            k = ende_layers(self.arb[i])
             mem = torch.cat([states[-1 - j] for j in range(k)], 1)
             y = layer(y, causal, mem, torch.cat([m] * k, -1))
         return F.linear(y, self.emb.weight[:, : self.d])

@@ -186,6 +186,34 @@ def protocol_of(args):
                     warmup=args.lat_warmup, repeats=args.latiter, trim=args.lat_trim)
 
 
+# ---- evolutionary search -----------------------------------------------------------------------------------------
+def add_evo_args(parser):
+    g = parser.add_argument_group("evolutionary search (HAT's keys + ours)")
+    names = {o for a in parser._actions for o in a.option_strings}
+    add = lambda flag, **kw: g.add_argument(flag, **kw) if flag not in names else None
+    add("--evo-configs", help="YAML with the search settings")
+    add("--evo-iter", type=int, default=30)
+    add("--population-size", type=int, default=125)
+    add("--parent-size", type=int, default=25)
+    add("--mutation-size", type=int, default=50)
+    add("--crossover-size", type=int, default=50)
+    add("--mutation-prob", type=float, default=0.3)
+    add("--evo-seed", type=int, default=1, help="seed of the evolution")
+    add("--ckpt-path", help="latency predictor checkpoint (latency_predictor.py)")
+    add("--feature-norm", type=float, nargs="+", help="HAT's; ignored: normalisation travels in the predictor")
+    add("--lat-norm", type=float, help="HAT's; ignored: normalisation travels in the predictor")
+    add("--write-config-path", help="where the best SubTransformer's YAML is written")
+    add("--latency-constraint", type=float, default=None, help="ms (predicted, or measured with latency-source)")
+    add("--memory-constraint", type=float, default=None, help="MB at memory-precision (weights + activations)")
+    add("--memory-precision", default="fp16", choices=["fp32", "fp16", "int8"], help="deployed precision")
+    add("--valid-cnt-max", type=int, default=int(1e9), help="validation batches per candidate")
+    add("--latency-source", default="predictor", choices=["predictor", "measure"])
+    add("--measure-top", type=int, default=5, help="with latency-source measure: final candidates re-measured")
+    add("--candidates-path", help="CSV of every evaluated candidate (default: next to write-config-path)")
+    add("--plot-path", help="PNG of loss vs latency (default: next to write-config-path)")
+    add("--state-path", help="search state for resuming (default: next to write-config-path)")
+
+
 # ---- the context every stage starts from --------------------------------------------------------------------------
 @dataclass
 class StageContext:
@@ -239,11 +267,11 @@ def parse_args(argv: Sequence[str], description: str, hooks: Sequence[Callable] 
     Knows the model keys, ``arch``, ``data`` (positional or key), languages, ``beam``, ``cpu`` and what ``hooks``
     add; fairseq's training keys (:data:`IGNORED_FAIRSEQ_KEYS`) are accepted and ignored; any other key is one
     :class:`ConfigError` naming the key and its file."""
-    from hat.config import Loaded, parser_option_names, split_config_flags, to_argv
+    from hat.config import Loaded, parser_option_names, split_config_flags, stage_parser, to_argv
 
     found, cli = split_config_flags(argv, config_flags)
     loaded = Loaded([found.get(f.lstrip("-").replace("-", "_")) for f in config_flags])
-    p = StageArgumentParser(description=description, allow_abbrev=False)
+    p = stage_parser(description)
     p.add_argument("data", nargs="?", default=None, help="binarized data dir (for its dictionary)")
     p.add_argument("--data", dest="data_flag", default=None, help=argparse.SUPPRESS)
     p.add_argument("-a", "--arch", default="transformersuper", choices=sorted(ARCHS))
@@ -272,10 +300,3 @@ def parse_args(argv: Sequence[str], description: str, hooks: Sequence[Callable] 
     for c in config_flags:
         setattr(args, c.lstrip("-").replace("-", "_"), found.get(c.lstrip("-").replace("-", "_")))
     return args
-
-
-class StageArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one :class:`ConfigError` line (exit code 2 through :func:`hat.cli.run`)."""
-
-    def error(self, message):
-        raise ConfigError(message)

@@ -1,8 +1,10 @@
-"""Reading what train.py saved, without fairseq's task machinery (no data directory needed).
+"""Reading what train.py saved as a standalone :class:`SuperTransformer`, with torch alone (no fairseq, no data dir):
+the one reader used by export, the demo and ``train.py --inherit-from``.
 
 A checkpoint of ``transformersuper`` is a fairseq checkpoint: its ``cfg['model']`` holds the arguments the model was
 built from (super dims, search space, and, for a SubTransformer, its ``*-subtransformer`` keys), its ``model`` the
-weights under ``encoder.core.*`` / ``decoder.core.*``.
+weights under ``encoder.core.*`` / ``decoder.core.*``. Loading it WITH fairseq (model + task, for validation and
+generation) and writing it (strip) are in :mod:`hat.fairseq_plugin.checkpoint`.
 """
 from __future__ import annotations
 
@@ -12,40 +14,10 @@ from typing import Dict, Optional
 
 import torch
 
+from hat.args import options_from_args, space_from_args, sub_config_from_args
 from hat.errors import CheckpointError
-from hat.models.transformer import ModelOptions, SuperTransformer
-from hat.space import CHOICE_KEYS, SUB_KEYS, SUPER_KEYS, SearchSpace, SubConfig
-
-
-def space_from_args(args, source: str = "model args") -> SearchSpace:
-    d = {k: getattr(args, k.replace("-", "_"), None) for k in SUPER_KEYS + CHOICE_KEYS}
-    return SearchSpace.from_dict({k: v for k, v in d.items() if v is not None}, source=source)
-
-
-def sub_config_from_args(args, source: str = "SubTransformer config") -> Optional[SubConfig]:
-    d = {k: getattr(args, k.replace("-", "_"), None) for k in SUB_KEYS}
-    if all(v is None for v in d.values()):
-        return None
-    return SubConfig.from_hat_dict(d, source=source)
-
-
-def options_from_args(args, src_vocab: int, tgt_vocab: int, padding_idx: int = 1) -> ModelOptions:
-    g = lambda name, default: getattr(args, name, default) if getattr(args, name, None) is not None else default
-    return ModelOptions(
-        src_vocab=src_vocab,
-        tgt_vocab=tgt_vocab,
-        padding_idx=padding_idx,
-        share_all_embeddings=bool(g("share_all_embeddings", False)),
-        share_decoder_input_output_embed=bool(g("share_decoder_input_output_embed", False)),
-        dropout=float(g("dropout", 0.1)),
-        attention_dropout=float(g("attention_dropout", 0.0)),
-        activation_dropout=float(g("activation_dropout", 0.0)),
-        encoder_normalize_before=bool(g("encoder_normalize_before", False)),
-        decoder_normalize_before=bool(g("decoder_normalize_before", False)),
-        no_scale_embedding=bool(g("no_scale_embedding", False)),
-        max_source_positions=int(g("max_source_positions", 1024)),
-        max_target_positions=int(g("max_target_positions", 1024)),
-    )
+from hat.models.transformer import SuperTransformer
+from hat.space import SearchSpace, SubConfig
 
 
 @dataclass
@@ -105,50 +77,8 @@ def load_model(path: str) -> LoadedModel:
     return LoadedModel(model=model, space=space, sub_config=sub, args=args, path=path)
 
 
-def strip_checkpoint(src: str, dst: str, dtype: Optional[torch.dtype] = torch.float32) -> int:
-    """Write ``src`` without optimizer state (model weights + the config it was built from) to ``dst``, atomically.
-
-    The result loads with :func:`load_model`, ``evo_search.py --restore-file`` and ``train.py --inherit-from``; it does
-    not resume training. Returns the number of bytes written.
-    """
-    load_model(src)  # one clear error for anything that is not a transformersuper checkpoint
-    state = torch.load(src, map_location="cpu", weights_only=False)
-    model, done = {}, {}
-    for k, v in state["model"].items():  # tensors that share storage (tied embeddings) stay shared in the file
-        key = (v.data_ptr(), tuple(v.shape), v.dtype)
-        if key not in done:
-            done[key] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
-        model[k] = done[key]
-    # fairseq's loader (generate.py, evo_search.py) reads optimizer_history and extra_state: both are small
-    keep = {k: state[k] for k in ("cfg", "args", "optimizer_history", "extra_state") if k in state}
-    keep["model"] = model
-    keep.setdefault("optimizer_history", [{"criterion_name": "LabelSmoothedCrossEntropyCriterion",
-                                           "optimizer_name": "Adam", "lr_scheduler_state": {"best": None},
-                                           "num_updates": int(keep.get("extra_state", {}).get("num_updates") or 0)}])
-    keep["extra_state"] = dict(keep.get("extra_state") or {}, stripped_from=os.path.basename(src))
-    tmp = dst + ".tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    torch.save(keep, tmp)
-    os.replace(tmp, dst)
-    return os.path.getsize(dst)
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m hat.checkpoint",
-                                 description="checkpoint tools: strip SRC DST (weights + config, no optimizer state)")
-    ap.add_argument("command", choices=["strip"])
-    ap.add_argument("src")
-    ap.add_argument("dst")
-    ap.add_argument("--fp16", action="store_true", help="store the weights in fp16 (half the size; loads as fp32)")
-    a = ap.parse_args(argv)
-    n = strip_checkpoint(a.src, a.dst, torch.float16 if a.fp16 else torch.float32)
-    print(f"{a.dst}: {n / 1e6:.1f} MB (weights + config of {a.src})")
-    return 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m hat.checkpoint strip ...: the CLI is hat/stages/checkpoint.py
     from hat.cli import run
+    from hat.stages.checkpoint import main
 
     run(main)

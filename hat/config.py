@@ -115,9 +115,30 @@ def parser_option_names(parser: argparse.ArgumentParser) -> List[str]:
     return names
 
 
-def stage_parser(description: str) -> argparse.ArgumentParser:
-    """A parser for a stage script whose options are its YAML keys; errors print one line and exit 2."""
-    return argparse.ArgumentParser(description=description, allow_abbrev=False)
+class StageArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one :class:`ConfigError` line (exit code 2 through :func:`hat.cli.run`), not usage +
+    error on stderr."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+    def parse_known_args(self, args=None, namespace=None):
+        """An unknown ``--flag`` is named first, before a missing required argument it may have displaced."""
+        import sys
+
+        argv = list(sys.argv[1:] if args is None else args)
+        known = {o for a in self._actions for o in a.option_strings}
+        for tok in argv:
+            if tok == "--":
+                break
+            if tok.startswith("--") and tok.split("=", 1)[0] not in known:
+                raise ConfigError(f"unrecognized arguments: {tok}")
+        return super().parse_known_args(argv, namespace)
+
+
+def stage_parser(description: str, prog: Optional[str] = None) -> argparse.ArgumentParser:
+    """A parser for a stage script whose options are its YAML keys; errors are one :class:`ConfigError` line."""
+    return StageArgumentParser(description=description, allow_abbrev=False, prog=prog)
 
 
 def parse_stage(parser: argparse.ArgumentParser, argv: Sequence[str], config_flags=("--configs",)):

@@ -10,8 +10,9 @@ Activations are an estimate from shapes (batch, src len, tgt len, beam), as one 
 incremental decoding at the last target position (the largest caches) hold them, at the same precision as the
 weights unless told otherwise:
 
-* encoder pass (batch ``B``, source ``S``): the states kept for the decoder (``keep = max(arbitrary-ende-attn)+1``
-  layers of ``B*S*E``) plus, for the largest layer, the larger of its attention phase
+* encoder pass (batch ``B``, source ``S``): the states kept for the decoder (``keep`` =
+  :attr:`SubConfig.encoder_states`, the most encoder layers one decoder layer attends, layers of ``B*S*E``) plus,
+  for the largest layer, the larger of its attention phase
   (residual ``BSE`` + q, k, v ``3BSQ`` + scores and probabilities ``2*B*H*S*S`` + context ``BSQ``) and its FFN
   phase (residual ``BSE`` + hidden ``BSF`` + output ``BSE``);
 * decoder step (``N = B*beam`` hypotheses, ``T = tgt_len`` cached positions): the KV caches (self attention
@@ -116,10 +117,6 @@ def weight_bytes(cfg: SubConfig, opt, precision: str = "fp32") -> int:
 
 
 # -- activations -------------------------------------------------------------------------------------------------
-def _keep_states(cfg: SubConfig) -> int:
-    return max(1, max((max(a, 0) + 1 for a in cfg.decoder_arbitrary_ende_attn), default=1))
-
-
 def encoder_activation_elements(cfg: SubConfig, shapes: Shapes) -> Dict[str, int]:
     b, s, e, q = shapes.batch, shapes.src_len, cfg.encoder_embed_dim, cfg.qkv_dim
     phase = 0
@@ -127,7 +124,7 @@ def encoder_activation_elements(cfg: SubConfig, shapes: Shapes) -> Dict[str, int
         attn = b * s * e + 3 * b * s * q + 2 * b * heads * s * s + b * s * q
         ffn_phase = b * s * e + b * s * ffn + b * s * e
         phase = max(phase, attn, ffn_phase)
-    states = _keep_states(cfg) * b * s * e
+    states = cfg.encoder_states * b * s * e
     return {"states": states, "layer_peak": phase, "peak": states + phase}
 
 
@@ -140,10 +137,9 @@ def decoder_step_elements(cfg: SubConfig, shapes: Shapes, tgt_vocab: int) -> Dic
         cfg.decoder_ffn_embed_dim,
         cfg.decoder_self_attention_heads,
         cfg.decoder_ende_attention_heads,
-        cfg.decoder_arbitrary_ende_attn,
+        cfg.ende_layers,
     )
-    for ffn, heads, ende_heads, arb in layers:
-        k = max(arb, 0) + 1
+    for ffn, heads, ende_heads, k in layers:
         self_kv += 2 * n * t * q
         ende_kv += 2 * n * k * s * q
         self_phase = n * d + 3 * n * q + 2 * n * heads * t + n * q
@@ -152,7 +148,7 @@ def decoder_step_elements(cfg: SubConfig, shapes: Shapes, tgt_vocab: int) -> Dic
         phase = max(phase, self_phase, ende_phase, ffn_phase)
     logits = 2 * n * tgt_vocab
     phase = max(phase, logits)
-    states = _keep_states(cfg) * n * s * e
+    states = cfg.encoder_states * n * s * e
     return {
         "self_kv_cache": self_kv,
         "ende_kv_cache": ende_kv,

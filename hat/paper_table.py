@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from hat.config import load_yaml
 from hat.errors import HatError
-from hat.space import SubConfig
+from hat.space import SubConfig, ende_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,7 +154,7 @@ def flops(cfg: SubConfig, src_len: int, tgt_len: Optional[int] = None) -> int:
         macs += ls * 2 * e * ffn + 2 * ls * e  # FFN, two LayerNorms
     macs += lt * d
     for ffn, arb in zip(cfg.decoder_ffn_embed_dim, cfg.decoder_arbitrary_ende_attn):
-        kv = (max(arb, 0) + 1) * ls  # keys/values: the last k encoder layers' outputs, concatenated in time
+        kv = ende_layers(arb) * ls  # keys/values: the last k encoder layers' outputs, concatenated in time
         macs += lt * 4 * d * q + 2 * lt * lt * q + lt * q  # self-attention
         macs += lt * 2 * d * q + kv * 2 * e * q + 2 * lt * kv * q + lt * q  # encoder-decoder attention
         macs += lt * 2 * d * ffn + 3 * lt * d  # FFN, three LayerNorms
@@ -293,33 +293,8 @@ def render(table: List[Row], markdown: bool = False) -> str:
     return "\n".join([fmt(head)] + [fmt(b) for b in body])
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hat.paper_table", description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", help="wmt14.en-de, wmt14.en-fr, wmt19.en-de or iwslt14.de-en (HAT's short names too); "
-                                  "default: all")
-    p.add_argument("--predictor", metavar="CKPT", help="latency predictor checkpoint (needs hat.predictor)")
-    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    args = p.parse_args(argv)
-    predictor = None
-    if args.predictor:
-        predictor, why = load_predictor(args.predictor)
-        if why:
-            print(f"note: {why}", file=sys.stderr)
-    tasks = [task_dir(args.task)] if args.task else [v[0] for v in TASKS.values()]
-    for i, d in enumerate(tasks):
-        label, length = next((v[1], v[2]) for v in TASKS.values() if v[0] == d)
-        if i:
-            print()
-        print(f"{label}: configs/{d}/subtransformer/HAT_*.yml  (params without embeddings and output layer; "
-              f"FLOPs at {length} source + {length} target tokens; pub = HAT's README)")
-        print(render(rows(d, predictor), markdown=args.markdown))
-        missing = checkpoint_only(d)
-        if missing:
-            print("published checkpoints without an architecture file in HAT's repo: " + ", ".join(missing))
-    return 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m hat.paper_table: the CLI is hat/stages/paper_table.py
     from hat.cli import run
+    from hat.stages.paper_table import main
 
     run(main)

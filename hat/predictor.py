@@ -22,10 +22,9 @@ Only torch and numpy are imported (scikit-learn baselines, progress bars and plo
 """
 from __future__ import annotations
 
-import csv
+import dataclasses
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -34,12 +33,13 @@ import torch
 from torch import nn
 
 from hat.errors import CheckpointError, ConfigError
-from hat.space import CHOICE_KEYS, FEATURE_NAMES, SearchSpace, SubConfig
+from hat.io import atomic_output
+# The CSV layouts (ours and HAT's) are hat.latency.dataset's; these names stay importable from here.
+from hat.latency.dataset import HAT_FEATURES, TARGET_COLUMNS, LatencyData, read_table  # noqa: F401
+from hat.space import CHOICE_KEYS, FEATURE_NAMES, SearchSpace, SubConfig, ende_layers
 
 FORMAT = "hat-latency-predictor"
 VERSION = 1
-HAT_FEATURES = tuple(FEATURE_NAMES[:10])
-TARGET_COLUMNS = ("latency_mean_encoder", "latency_mean_decoder")
 
 # Products of normalised features appended to the inputs (only those whose factors are all present).
 PRODUCTS = (
@@ -71,7 +71,7 @@ def space_feature_range(space: SearchSpace, names: Sequence[str] = FEATURE_NAMES
     """(min, max) of every feature over the space (per-layer averages lie between the smallest and largest
     choice)."""
     c = space.choices
-    arb = [max(a, 0) + 1 for a in c["decoder-arbitrary-ende-attn-choice"]]
+    arb = [ende_layers(a) for a in c["decoder-arbitrary-ende-attn-choice"]]
     max_enc = max(c["encoder-layer-num-choice"])
     arb = [a for a in arb if a <= max_enc] or [1]
     keys = {
@@ -144,119 +144,31 @@ def metrics(measured, predicted) -> Dict[str, float]:
 
 
 # -- datasets ----------------------------------------------------------------------------------------------------
-@dataclass
-class LatencyData:
-    features: np.ndarray  # (n, F), raw feature values
-    latency: np.ndarray  # (n,), encoder + decoder mean latency in ms
-    feature_names: Tuple[str, ...]
-    source: str  # what the latencies are: "measured:<source>"
-    layout: str  # "hat" (HAT's CSV) or "ours" (latency_dataset.py's CSV)
-    path: str
-    configs: Optional[List[SubConfig]] = None
-
-    def __len__(self):
-        return len(self.latency)
-
-
-def _float(v, path, line, col) -> float:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{path} line {line}: column {col} is not a number: {v!r}") from None
-    if not math.isfinite(x):
-        raise ConfigError(f"{path} line {line}: column {col} is not finite: {v!r}")
-    return x
-
-
-def _source_label(values: Sequence[str]) -> str:
-    vals = sorted({v for v in values if v})
-    label = "+".join(vals) if vals else "unknown"
-    return label if label.startswith("measured") else f"measured:{label}"
-
-
 def read_dataset(path: str, space: Optional[SearchSpace] = None, feature_dim: Optional[int] = None,
                  size: Optional[int] = None) -> LatencyData:
-    """Read a latency CSV: ours (a ``config`` JSON column; features are computed from it, all eleven) or HAT's
-    (its ten feature columns first), told apart by the header. The target is encoder + decoder mean latency.
-    With ``space``, every row must come from it. ``feature_dim`` keeps the first features (10: HAT's ten),
-    ``size`` the first rows."""
-    if not path or not os.path.isfile(path):
-        raise ConfigError(f"latency dataset not found: {path}")
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if not header:
-            raise ConfigError(f"{path} is empty")
-        header = [h.strip() for h in header]
-        rows = list(reader)
-    missing = [c for c in TARGET_COLUMNS if c not in header]
-    if "config" in header:
-        layout = "ours"
-    elif tuple(header[:10]) == HAT_FEATURES:
-        layout = "hat"
-    else:
-        raise ConfigError(f"{path}: unrecognised header (neither a 'config' column nor HAT's ten feature columns "
-                          f"first): {','.join(header[:4])},...")
-    if missing:
-        raise ConfigError(f"{path}: no {missing[0]} column")
-    col = {h: i for i, h in enumerate(header)}
-    enc_i, dec_i = col[TARGET_COLUMNS[0]], col[TARGET_COLUMNS[1]]
-    feats, lats, configs, sources = [], [], [], []
-    for n, row in enumerate(rows):
-        line = n + 2
-        if not row or all(not v.strip() for v in row):
-            continue
-        if len(row) != len(header):
-            if n == len(rows) - 1:
-                break  # a torn last line of an interrupted run
-            raise ConfigError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}")
-        lat = _float(row[enc_i], path, line, TARGET_COLUMNS[0]) + _float(row[dec_i], path, line, TARGET_COLUMNS[1])
-        if lat <= 0:
-            raise ConfigError(f"{path} line {line}: latency must be > 0 ms, got {lat}")
-        if layout == "ours":
-            try:
-                cfg = SubConfig.from_json(row[col["config"]])
-            except (ValueError, TypeError) as e:
-                raise ConfigError(f"{path} line {line}: config column is not a SubTransformer JSON ({e})") from None
-            if space is not None:
-                try:
-                    space.validate(cfg, source=f"{path} line {line}")
-                except ConfigError as e:
-                    raise ConfigError(f"{e} (the dataset is not from the search space of {space.source})") from None
-            configs.append(cfg)
-            feats.append(config_features(cfg))
-            for key in ("source", "backend"):
-                if key in col and row[col[key]].strip():
-                    sources.append(row[col[key]].strip())
-                    break
-        else:
-            feats.append([_float(row[i], path, line, HAT_FEATURES[i]) for i in range(10)])
-        lats.append(lat)
-        if size is not None and len(lats) >= size:
-            break
-    names = tuple(FEATURE_NAMES) if layout == "ours" else HAT_FEATURES
-    x = np.array(feats, dtype=np.float64).reshape(len(feats), len(names))
+    """Read a latency CSV (:func:`hat.latency.dataset.read_table`): ours (a ``config`` JSON column; features are
+    computed from it, all eleven) or HAT's (its ten feature columns first), told apart by the header. The target is
+    encoder + decoder mean latency. With ``space``, every row must come from it. ``feature_dim`` keeps the first
+    features (10: HAT's ten), ``size`` the first rows. At least 10 rows, and one source, per predictor."""
+    data = read_table(path, space=space, size=size)
+    names, x = data.feature_names, data.features
     if feature_dim is not None:
         if not 1 <= feature_dim <= len(names):
-            raise ConfigError(f"feature-dim {feature_dim}, but {path} has {len(names)} features ({layout} layout)")
+            raise ConfigError(f"feature-dim {feature_dim}, but {path} has {len(names)} features ({data.layout} "
+                              f"layout)")
         names, x = names[:feature_dim], x[:, :feature_dim]
-    if len(lats) < 10:
-        raise ConfigError(f"{path}: {len(lats)} rows; a predictor needs at least 10")
-    if layout == "hat" and space is not None:
+    if len(data) < 10:
+        raise ConfigError(f"{path}: {len(data)} rows; a predictor needs at least 10")
+    if data.layout == "hat" and space is not None:
         lo, hi = space_feature_range(space, names)
         bad = np.argwhere((x < lo - 1e-6) | (x > hi + 1e-6))
         if len(bad):
             r, c = bad[0]
-            raise ConfigError(f"{path} line {r + 2}: {names[c]}={x[r, c]:g} is outside the search space of "
+            raise ConfigError(f"{path} line {data.lines[r]}: {names[c]}={x[r, c]:g} is outside the search space of "
                               f"{space.source} ({lo[c]:g}..{hi[c]:g})")
-    if layout == "ours":
-        distinct = sorted(set(sources))
-        if len(distinct) > 1:
-            raise ConfigError(f"{path} mixes latencies from {', '.join(distinct)}: one predictor per source")
-        source = _source_label(distinct)
-    else:
-        source = "measured:hat:" + os.path.splitext(os.path.basename(path))[0]
-    return LatencyData(x, np.array(lats), tuple(names), source, layout, path, configs or None)
+    if len(data.sources) > 1:
+        raise ConfigError(f"{path} mixes latencies from {', '.join(data.sources)}: one predictor per source")
+    return dataclasses.replace(data, features=x, feature_names=tuple(names))
 
 
 def split_indices(n: int, seed: int, fractions: Sequence[float] = (0.8, 0.1, 0.1)):
@@ -517,18 +429,9 @@ class LatencyPredictor:
         return {**self.meta, "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()}}
 
     def save(self, path: str) -> str:
-        """Write the checkpoint atomically (a temporary file in the same folder, then os.replace)."""
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.state(), f)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write the checkpoint atomically (:func:`hat.io.atomic_output`)."""
+        with atomic_output(path, suffix=".pt") as tmp:
+            torch.save(self.state(), tmp)
         return path
 
     @classmethod

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from hat.errors import ConfigError, HatError
+from hat.io import write_json
 from hat.space import SearchSpace, SubConfig
 
 
@@ -183,11 +184,7 @@ class Evolution:
             "fingerprint": self.space.fingerprint(),
             "constraints": {c.name: c.limit for c in self.constraints},
         }
-        tmp = self.state_path + ".tmp"
-        os.makedirs(os.path.dirname(os.path.abspath(self.state_path)) or ".", exist_ok=True)
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, self.state_path)
+        write_json(self.state_path, state, indent=None)
 
     def _resumable_params(self):
         """Settings a saved search must share with this one (evo-iter may grow: the search goes on)."""

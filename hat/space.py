@@ -92,7 +92,14 @@ FEATURE_NAMES = (
 def ende_layers(arbitrary_ende_attn: int) -> int:
     """Encoder layers one decoder layer attends to, from HAT's arbitrary encoder-decoder attention gene: -1 -> the last
     layer only (1), 1 -> the last two (2), 2 -> the last three (3)."""
-    return max(int(arbitrary_ende_attn), 0) + 1
+    a = int(arbitrary_ende_attn)
+    return max(a, 0) + 1
+
+
+def clamp_ende_attn(genes, encoder_layers: int) -> tuple:
+    """HAT's rule for drawn arbitrary encoder-decoder attention genes: one that needs more encoder layers than the
+    config has falls back to -1 (the last layer only). Used by sampling and by the search's gene decoding."""
+    return tuple(a if ende_layers(a) <= encoder_layers else -1 for a in genes)
 
 
 def _attr(key: str) -> str:
@@ -181,6 +188,41 @@ class SubConfig:
         :func:`ende_layers`)."""
         return [ende_layers(a) for a in self.decoder_arbitrary_ende_attn]
 
+    @property
+    def encoder_states(self) -> int:
+        """Encoder layer outputs the decoder reads: those of the last ``max(ende_layers)`` layers (the encoder keeps
+        them; the memory estimate counts them)."""
+        return max(self.ende_layers, default=1)
+
+    # -- fit checks (the one definition; SearchSpace.validate/fits and SuperTransformer.check_fits call these) ------
+    def ende_problems(self) -> List[str]:
+        """Decoder layers whose arbitrary encoder-decoder attention needs more encoder layers than this config has."""
+        return [
+            f"decoder-arbitrary-ende-attn {a} needs {ende_layers(a)} encoder layers, "
+            f"encoder-layer-num-subtransformer is {self.encoder_layer_num}"
+            for a in self.decoder_arbitrary_ende_attn
+            if ende_layers(a) > self.encoder_layer_num
+        ]
+
+    def fit_problems(self, shape: "SubConfig") -> List[str]:
+        """Why this config cannot be sampled inside a model built at ``shape`` (a SuperTransformer's super config or
+        any larger SubConfig): a dim, layer count or per-layer FFN dim above ``shape``'s, or an arbitrary
+        encoder-decoder attention needing more encoder layers than the config has. Empty when it fits. Attention
+        heads are not bounded by the weights (they only split the qkv dim) and are not checked here."""
+        problems = []
+
+        def over(key, v, bound):
+            if v > bound:
+                problems.append(f"{key} value {v} exceeds {bound}")
+
+        for name in ("encoder_embed_dim", "decoder_embed_dim", "encoder_layer_num", "decoder_layer_num", "qkv_dim"):
+            over(_hat_sub_key(name), getattr(self, name), getattr(shape, name))
+        for name in ("encoder_ffn_embed_dim", "decoder_ffn_embed_dim"):
+            have = getattr(shape, name)
+            for i, v in enumerate(getattr(self, name)[: len(have)]):  # extra layers: already a layer-num problem
+                over(f"{_hat_sub_key(name)}[{i}]", v, have[i])
+        return problems + self.ende_problems()
+
     def features(self) -> List[float]:
         """HAT's ten latency features (averages over the sampled layers), then qkv dim. The arbitrary encoder-decoder
         attention counts encoder layers attended, as HAT's datasets do: -1 -> 1, 1 -> 2, 2 -> 3."""
@@ -261,7 +303,9 @@ class SearchSpace:
         bad = [v for v in self.choices["decoder-arbitrary-ende-attn-choice"] if v not in (-1, 1, 2)]
         if bad:
             raise ConfigError(f"{self.source}: decoder-arbitrary-ende-attn-choice has {bad[0]}; allowed: -1, 1, 2")
-        if max(self.choices["decoder-arbitrary-ende-attn-choice"]) + 1 > min(self.choices["encoder-layer-num-choice"]):
+        if ende_layers(max(self.choices["decoder-arbitrary-ende-attn-choice"])) > min(
+            self.choices["encoder-layer-num-choice"]
+        ):
             raise ConfigError(
                 f"{self.source}: decoder-arbitrary-ende-attn-choice needs more encoder layers than "
                 f"encoder-layer-num-choice allows"
@@ -312,9 +356,7 @@ class SearchSpace:
         """Uniform sample of every gene (HAT's sample_configs), per-layer genes drawn per layer."""
         enc_layers = self._pick(rng, "encoder-layer-num-choice")
         dec_layers = self._pick(rng, "decoder-layer-num-choice")
-        arb = tuple(
-            v if v + 1 <= enc_layers else -1 for v in self._pick(rng, "decoder-arbitrary-ende-attn-choice", dec_layers)
-        )
+        arb = clamp_ende_attn(self._pick(rng, "decoder-arbitrary-ende-attn-choice", dec_layers), enc_layers)
         return SubConfig(
             encoder_embed_dim=self._pick(rng, "encoder-embed-choice"),
             decoder_embed_dim=self._pick(rng, "decoder-embed-choice"),
@@ -336,9 +378,7 @@ class SearchSpace:
     def _extreme(self, pick) -> SubConfig:
         c = {k: pick(v) for k, v in self.choices.items()}
         e, d = c["encoder-layer-num-choice"], c["decoder-layer-num-choice"]
-        arb = c["decoder-arbitrary-ende-attn-choice"]
-        if arb + 1 > e:
-            arb = -1
+        (arb,) = clamp_ende_attn([c["decoder-arbitrary-ende-attn-choice"]], e)
         return SubConfig(
             encoder_embed_dim=c["encoder-embed-choice"],
             decoder_embed_dim=c["decoder-embed-choice"],
@@ -387,28 +427,15 @@ class SearchSpace:
                 if v not in allowed:
                     where = f"{sub_key}[{i}]" if isinstance(val, tuple) else sub_key
                     raise ConfigError(f"{source}: {where}={v} is not in {choice_key} {allowed}")
-        for v in cfg.decoder_arbitrary_ende_attn:
-            if v + 1 > cfg.encoder_layer_num:
-                raise ConfigError(
-                    f"{source}: decoder-arbitrary-ende-attn {v} needs {v + 1} encoder layers, "
-                    f"encoder-layer-num-subtransformer is {cfg.encoder_layer_num}"
-                )
+        problems = cfg.ende_problems()
+        if problems:
+            raise ConfigError(f"{source}: {problems[0]}")
         return cfg
 
     def fits(self, cfg: SubConfig, source: str = "config") -> SubConfig:
-        """Weaker than :meth:`validate`: the config fits the super dims (may use values that are not choices)."""
-        sup = self.super_config()
-        checks = [
-            ("encoder-embed-dim-subtransformer", [cfg.encoder_embed_dim], sup.encoder_embed_dim),
-            ("decoder-embed-dim-subtransformer", [cfg.decoder_embed_dim], sup.decoder_embed_dim),
-            ("encoder-layer-num-subtransformer", [cfg.encoder_layer_num], sup.encoder_layer_num),
-            ("decoder-layer-num-subtransformer", [cfg.decoder_layer_num], sup.decoder_layer_num),
-            ("encoder-ffn-embed-dim-all-subtransformer", cfg.encoder_ffn_embed_dim, sup.encoder_ffn_embed_dim[0]),
-            ("decoder-ffn-embed-dim-all-subtransformer", cfg.decoder_ffn_embed_dim, sup.decoder_ffn_embed_dim[0]),
-            ("qkv-dim-subtransformer", [cfg.qkv_dim], sup.qkv_dim),
-        ]
-        for key, vals, bound in checks:
-            for v in vals:
-                if v > bound:
-                    raise ConfigError(f"{source}: {key} value {v} exceeds the SuperTransformer dim {bound}")
+        """Weaker than :meth:`validate`: the config fits the super dims (may use values that are not choices); see
+        :meth:`SubConfig.fit_problems`. Raises ConfigError listing every problem."""
+        problems = cfg.fit_problems(self.super_config())
+        if problems:
+            raise ConfigError(f"{source}: SubTransformer does not fit the SuperTransformer: " + "; ".join(problems))
         return cfg

@@ -13,7 +13,7 @@ from conftest import ROOT
 pytest.importorskip("fairseq")
 torch = pytest.importorskip("torch")
 
-from hat.checkpoint import options_from_args, space_from_args, sub_config_from_args  # noqa: E402
+from hat.args import options_from_args, space_from_args, sub_config_from_args  # noqa: E402
 from hat.config import load_yaml  # noqa: E402
 from hat.models.transformer import SuperTransformer  # noqa: E402
 from hat.paper_table import PUBLISHED, flops, load_arch, parameters, sentence_length  # noqa: E402
@@ -49,8 +49,8 @@ _ARGS = {}
 
 
 def args_for(configs, sub_configs=None):
-    """hat.train.build_args exactly as train.py parses (unknown keys raise ConfigError); cached per pair."""
-    from hat.train import build_args
+    """hat.fairseq_plugin.args.build_args exactly as train.py parses (unknown keys raise ConfigError); cached per pair."""
+    from hat.fairseq_plugin.args import build_args
 
     key = (configs, sub_configs)
     if key not in _ARGS:
@@ -194,7 +194,7 @@ def test_readme_parameter_counts(name, params):
 
 
 def test_paper_table_command(capsys):
-    from hat.paper_table import main
+    from hat.stages.paper_table import main
 
     assert main(["--task", "iwslt14.de-en", "--predictor", os.path.join(ROOT, "no-such-predictor.pt")]) == 0
     out, err = capsys.readouterr()

@@ -14,7 +14,8 @@ import pytest
 
 from conftest import ROOT
 
-from hat.download import DownloadError, KINDS, extract_archive, load_registry, main
+from hat.download import DownloadError, KINDS, extract_archive, load_registry
+from hat.stages.download_model import main
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -51,7 +51,7 @@ def test_search_writes_winner_candidates_and_plot_within_both_constraints(parts)
     # the winner's YAML is a SubTransformer config train.py accepts
     from hat.space import SearchSpace, SubConfig
     from hat.config import load_yaml
-    from hat.train import build_args
+    from hat.fairseq_plugin.args import build_args
 
     cfg = SubConfig.from_hat_dict(load_yaml(str(out)))
     SearchSpace.from_dict(load_yaml(TINY)).validate(cfg)

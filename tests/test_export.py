@@ -204,6 +204,48 @@ def test_greedy_and_beam_tokens_match_the_torch_model(random_export):
         np.testing.assert_allclose([h.score for h in onnx_hyps], [h.score for h in torch_hyps], atol=1e-4)
 
 
+@pytest.mark.parametrize("normalize_before", [False, True])
+def test_graph_modules_run_the_models_own_layers(normalize_before):
+    """EncoderGraph (TransformerEncoder.run_layers + the decoder's encoder feed) equals the model's encoder followed by
+    each decoder layer's ende key/value projection; DecoderStepGraph (DecoderLayer.blocks + head) equals the model's
+    incremental decoding; both post-norm and pre-norm (final layer norms)."""
+    from hat.export.graphs import EncoderGraph
+
+    torch.manual_seed(1)
+    space = SearchSpace.from_dict(load_yaml(TINY))
+    opt = ModelOptions(V, V, share_all_embeddings=True, encoder_normalize_before=normalize_before,
+                       decoder_normalize_before=normalize_before)
+    cfg = space.largest().replace(decoder_arbitrary_ende_attn=(1, -1))
+    model = SuperTransformer(space.super_config(), opt).extract(cfg).eval()
+    s = ExportSettings(batch_size=2, src_len=9, tgt_len=6, beam=2)
+    tokens, positions, mask = decode.prepare_source(_sentences(2, seed=3, longest=9), s.src_len)
+    with torch.no_grad():
+        got = EncoderGraph(model, s.src_len).eval()(*(torch.from_numpy(a) for a in (tokens, positions, mask)))
+        enc = model.encoder(torch.from_numpy(tokens))
+        want = []
+        for i in range(model.decoder.sample_layers):
+            feed, _ = model.decoder.encoder_inputs(enc, i)
+            want += list(model.decoder.layers[i].encoder_attn.project_kv(feed))
+    assert [tuple(t.shape) for t in got] == [tuple(t.shape) for t in want]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    tgt = np.random.default_rng(2).integers(4, V, (s.rows, s.tgt_len)).astype(np.int64)
+    tgt[:, 0] = decode.EOS
+    graph_r, ref = decode.GraphRunner(model, s), decode.TorchRunner(model)
+    st_g, st_t = graph_r.start(tokens, positions, mask, s.beam), ref.start(tokens, positions, mask, s.beam)
+    for step in range(s.tgt_len):
+        assert float(np.abs(graph_r.step(st_g, tgt, step) - ref.step(st_t, tgt, step)).max()) <= 1e-4, step
+
+
+def test_host_side_decoding_imports_neither_torch_nor_the_exporter():
+    import subprocess
+
+    code = ("import sys, hat.export.decode, hat.export.runtime; "
+            "print(sorted(m for m in ('torch', 'hat.export.onnx', 'hat.export.graphs') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_prepare_source_pads_right_and_counts_positions():
     tokens, positions, mask = decode.prepare_source([[7, 8, 2], [9] * 9], src_len=5)
     assert tokens.tolist() == [[7, 8, 2, 1, 1], [9, 9, 9, 9, 2]]  # EOS kept when cut
@@ -238,7 +280,7 @@ def _run_main(main, argv, capsys):
 
 
 def test_rknn_toolkit_missing_is_one_clear_line(monkeypatch, capsys, random_export):
-    from hat.export.rknn import main
+    from hat.stages.convert2rknn import main
 
     _, out, _ = random_export
     monkeypatch.setitem(sys.modules, "rknn", None)
@@ -249,7 +291,7 @@ def test_rknn_toolkit_missing_is_one_clear_line(monkeypatch, capsys, random_expo
 
 def test_rknn_unknown_graph_and_platform_are_one_line(capsys, tmp_path, random_export):
     pytest.importorskip("rknn.api", reason="rknn-toolkit2 not installed (make install puts it in .venv)")
-    from hat.export.rknn import main
+    from hat.stages.convert2rknn import main
 
     _, out, _ = random_export
     code, err = _run_main(main, ["--onnx-dir", str(tmp_path), "--onnx-name", "nothing"], capsys)
@@ -262,7 +304,7 @@ def test_rknn_refuses_a_graph_with_an_unsupported_op(capsys, tmp_path, random_ex
     pytest.importorskip("rknn.api", reason="rknn-toolkit2 not installed (make install puts it in .venv)")
     import onnx
 
-    from hat.export.rknn import main
+    from hat.stages.convert2rknn import main
 
     _, out, _ = random_export
     bad = _with_node(onnx.load(onnx_path(out, "beam3", "enc")), "CumSum")
@@ -306,7 +348,7 @@ def trained(demo_data, tmp_path_factory):
     out = tmp / "onnx"
     yml = tmp / "export.yml"
     yml.write_text(EXPORT_YML.format(out=out, data=demo_data))
-    from hat.export.onnx import main
+    from hat.stages.convert2onnx import main
 
     for name, extra in (("b4", []), ("g", ["--beam", "1"])):
         assert main([f"--configs={TINY_SUB}", f"--sub-configs={yml}", "--model-path", ckpt, "--name", name] + extra) == 0
@@ -314,13 +356,13 @@ def trained(demo_data, tmp_path_factory):
 
 
 def _fairseq_translate(ckpt, data, sentences, beam, max_len_b, lenpen):
-    from hat.train import quiet_fairseq_imports
+    from hat.fairseq_plugin.args import quiet_fairseq_imports
 
     quiet_fairseq_imports()
     import hat.fairseq_plugin  # noqa: F401
     from fairseq.sequence_generator import SequenceGenerator
 
-    from hat.generate import load_checkpoint
+    from hat.fairseq_plugin.checkpoint import load_checkpoint
 
     model, task, _ = load_checkpoint(ckpt, data)
     model.eval()
@@ -337,7 +379,7 @@ def _fairseq_translate(ckpt, data, sentences, beam, max_len_b, lenpen):
 @pytest.mark.slow
 def test_trained_export_decodes_like_the_torch_model_and_fairseq(trained):
     from hat.checkpoint import load_model
-    from hat.export.rknn import load_split
+    from hat.fairseq_plugin.data import load_split
 
     meta = read_sidecar(trained["out"], "b4", "dec")
     assert meta["checkpoint"] == os.path.abspath(trained["ckpt"])
@@ -366,7 +408,7 @@ def test_config_that_does_not_match_the_checkpoint_is_rejected(trained, tmp_path
 @pytest.mark.slow
 def test_supertransformer_checkpoint_exports_the_extracted_slice(demo_data, tmp_path):
     from hat.checkpoint import load_model
-    from hat.export.onnx import main
+    from hat.stages.convert2onnx import main
 
     ckpt = _train([f"--configs={TINY}", "--data", demo_data, "--max-update", "1"], tmp_path / "super")
     out = tmp_path / "onnx"
@@ -412,7 +454,7 @@ def test_rknn_fp16_build_and_simulator_match_onnxruntime(trained):
 @pytest.mark.slow
 def test_rknn_int8_encoder_with_a_calibration_set_from_the_valid_split(trained):
     pytest.importorskip("rknn.api", reason="rknn-toolkit2 not installed (make install puts it in .venv)")
-    from hat.export.rknn import main
+    from hat.stages.convert2rknn import main
 
     assert main([f"--configs={trained['yml']}", "--onnx-name", "g", "--enc", "--precision", "int8",
                  "--target-platform", "rk3576"]) == 0

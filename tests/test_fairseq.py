@@ -44,7 +44,7 @@ def test_choice_outside_super_dims_fails_before_anything_is_written(tmp_path):
 
 
 def test_command_line_flag_overrides_yaml(demo_data):
-    from hat.train import build_args
+    from hat.fairseq_plugin.args import build_args
 
     args = build_args([f"--configs={TINY}", "--data", demo_data, "--lr", "0.01", "--qkv-dim-choice", "64"])
     assert args.lr == [0.01]
@@ -58,7 +58,7 @@ def test_task_samples_one_config_per_update_identically_on_two_ranks(demo_data):
     from fairseq import optim, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    from hat.train import build_args
+    from hat.fairseq_plugin.args import build_args
 
     args = build_args([f"--configs={TINY}", "--data", demo_data, "--seed", "11"])
     cfg = convert_namespace_to_omegaconf(args)

@@ -1,7 +1,8 @@
-"""Latency backends beyond torch eager (hat/latency/backends.py): onnxruntime measured for real on a tiny model; the
-npu bundle built for real with rknn-toolkit2, then timed by the board runner with a fake of rknn-toolkit-lite2
-(FakeRKNNLite) and collected; npu-adb driven at its API boundary with a fake of rknn-toolkit2 (FakeRKNNToolkit).
-No figure here comes from a board: every board figure below is a fake's and is checked as such."""
+"""Latency backends beyond torch eager (hat/latency/onnxruntime.py, npu_bundle.py, adb.py; made by name with
+hat/latency/backends.py): onnxruntime measured for real on a tiny model; the npu bundle built for real with
+rknn-toolkit2, then timed by the board runner with a fake of rknn-toolkit-lite2 (FakeRKNNLite) and collected; npu-adb
+driven at its API boundary with a fake of rknn-toolkit2 (FakeRKNNToolkit). No figure here comes from a board: every
+board figure below is a fake's and is checked as such."""
 import io
 import json
 import os
@@ -11,7 +12,8 @@ import pytest
 from conftest import FIXTURES, run_script
 from hat.config import load_yaml
 from hat.errors import HatError
-from hat.latency import backends, board
+from hat.latency import adb, backends, board, npu_bundle
+from hat.latency import onnxruntime as ort_backend
 from hat.latency.dataset import read_rows, sample_configs
 from hat.latency.protocol import Protocol, measure
 from hat.models import ModelOptions
@@ -62,7 +64,7 @@ class _Recorder:
 def test_onnxruntime_decoder_steps_feed_their_mask_and_the_previous_caches_and_models_are_reused(tmp_path):
     p = Protocol(src_len=6, tgt_len=4, beam=2, warmup=0, repeats=1)
     cfg = _space().smallest()
-    b = backends.OrtBackend(_opt(), p, work_dir=str(tmp_path), threads=1, keep=True)
+    b = ort_backend.OrtBackend(_opt(), p, work_dir=str(tmp_path), threads=1, keep=True)
     h = b.load(cfg)
     rec = h["dec"] = _Recorder(h["dec"])
     m = measure(b, cfg, p, handle=h)
@@ -88,7 +90,7 @@ def test_onnxruntime_decoder_steps_feed_their_mask_and_the_previous_caches_and_m
 @pytest.mark.slow
 def test_npu_bundle_board_run_with_fake_rknnlite_and_collect(tmp_path, monkeypatch, capsys):
     pytest.importorskip("rknn.api", reason="rknn-toolkit2 not installed (make install puts it in .venv)")
-    from hat.latency import run
+    from hat.stages import latency_dataset as run
 
     csv_path = tmp_path / "lat.csv"
     bundle = tmp_path / "lat_npu_bundle"
@@ -113,10 +115,10 @@ def test_npu_bundle_board_run_with_fake_rknnlite_and_collect(tmp_path, monkeypat
     assert not (bundle / ".build").exists()
 
     # resumable: a second bundle run builds nothing
-    monkeypatch.setattr(backends, "build_rknn", lambda *a, **k: pytest.fail("rebuilt a bundled SubTransformer"))
+    monkeypatch.setattr(npu_bundle, "build_rknn", lambda *a, **k: pytest.fail("rebuilt a bundled SubTransformer"))
     args = type("Args", (), dict(lat_work_dir=None, lat_dataset_path=str(csv_path), target_platform="rk3588",
                                  npu_core_mask="auto", configs=TINY, lat_keep_models=False))()
-    backends.make_bundle(args, _opt(), Protocol(**TINY_PROTOCOL), [cfg], log=lambda s: None)
+    npu_bundle.make_bundle(args, _opt(), Protocol(**TINY_PROTOCOL), [cfg], log=lambda s: None)
 
     # the board runner with the fake rknnlite: 1 ms per inference on a fake clock
     FakeRKNNLite.formats = []
@@ -146,7 +148,7 @@ def _result(key, enc=1.5, dec=6.0, **kw):
 
 
 def test_collect_skips_error_lines_and_keeps_the_boards_figures(tmp_path, capsys):
-    from hat.latency import run
+    from hat.stages import latency_dataset as run
 
     k1, k2, k3 = [c.key() for c in sample_configs(_space(), 3, 1)]
     results = tmp_path / "results.jsonl"
@@ -239,7 +241,7 @@ def _adb_args(tmp_path, **kw):
 
 
 def test_npu_adb_reports_the_boards_eval_perf_and_eval_memory(tmp_path, monkeypatch):
-    monkeypatch.setattr(backends, "build_rknn", fake_build_rknn)
+    monkeypatch.setattr(npu_bundle, "build_rknn", fake_build_rknn)
     FakeRKNNToolkit.calls, FakeRKNNToolkit.no_board = [], False
     p = Protocol(src_len=6, tgt_len=4, beam=2, warmup=1, repeats=3)
     b = backends.make("npu-adb", _adb_args(tmp_path), _opt(), p, toolkit=FakeRKNNToolkit, log=lambda s: None)
@@ -260,10 +262,10 @@ def test_npu_adb_reports_the_boards_eval_perf_and_eval_memory(tmp_path, monkeypa
 
 
 def test_npu_adb_rows_written_by_latency_dataset_are_the_fakes(tmp_path, monkeypatch):
-    from hat.latency import run
+    from hat.stages import latency_dataset as run
 
-    monkeypatch.setattr(backends, "build_rknn", fake_build_rknn)
-    monkeypatch.setattr(backends, "require_toolkit", lambda: FakeRKNNToolkit)  # the toolkit= parameter's default
+    monkeypatch.setattr(npu_bundle, "build_rknn", fake_build_rknn)
+    monkeypatch.setattr(npu_bundle, "require_toolkit", lambda: FakeRKNNToolkit)  # the toolkit= parameter's default
     FakeRKNNToolkit.no_board = False
     csv_path = tmp_path / "adb.csv"
     assert run.main([f"--configs={TINY}", "--latency-backend", "npu-adb", "--lat-dataset-size", "1",
@@ -276,7 +278,7 @@ def test_npu_adb_rows_written_by_latency_dataset_are_the_fakes(tmp_path, monkeyp
 
 
 def test_npu_adb_without_a_board_is_one_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(backends, "build_rknn", fake_build_rknn)
+    monkeypatch.setattr(npu_bundle, "build_rknn", fake_build_rknn)
     FakeRKNNToolkit.calls, FakeRKNNToolkit.no_board = [], True
     p = Protocol(src_len=6, tgt_len=4, beam=2, warmup=1, repeats=3)
     b = backends.make("npu-adb", _adb_args(tmp_path, device_id=None), _opt(), p, toolkit=FakeRKNNToolkit,
@@ -299,16 +301,29 @@ def test_npu_adb_without_a_board_is_one_clear_error(tmp_path, monkeypatch):
     (None, None),
 ])
 def test_eval_perf_total_is_read_or_nothing(result, us):
-    assert backends.perf_total_us(result) == us
+    assert adb.perf_total_us(result) == us
 
 
 def test_eval_memory_total_is_read_or_nothing():
-    assert backends.memory_total_bytes({"total_memory": 5939200}) == 5939200
-    assert backends.memory_total_bytes({"total_model_allocation": 6068768}) == 6068768
-    assert backends.memory_total_bytes("    Total Memory: 19.12 MiB\n") == pytest.approx(19.12 * 2**20)
-    assert backends.memory_total_bytes({"weight_memory": 1}) is None
+    assert adb.memory_total_bytes({"total_memory": 5939200}) == 5939200
+    assert adb.memory_total_bytes({"total_model_allocation": 6068768}) == 6068768
+    assert adb.memory_total_bytes("    Total Memory: 19.12 MiB\n") == pytest.approx(19.12 * 2**20)
+    assert adb.memory_total_bytes({"weight_memory": 1}) is None
 
 
 def test_npu_is_not_a_timing_backend(tmp_path):
     with pytest.raises(HatError, match="times nothing on this machine"):
         backends.make("npu", _adb_args(tmp_path), _opt(), Protocol())
+
+
+def test_make_covers_every_backend_name(tmp_path):
+    from hat.errors import ConfigError
+    from hat.latency.torch_backend import TorchBackend
+
+    assert set(backends.NAMES) == {"cpu", "gpu", "onnxruntime", "npu", "npu-adb"}
+    b = backends.make("cpu", _adb_args(tmp_path, lat_threads=None), _opt(), Protocol())
+    assert isinstance(b, TorchBackend) and b.source == "measured:cpu"
+    ort = backends.make("onnxruntime", _adb_args(tmp_path, lat_threads=1), _opt(), Protocol())
+    assert isinstance(ort, ort_backend.OrtBackend) and ort.threads == 1
+    with pytest.raises(ConfigError, match="unknown latency backend 'tpu'"):
+        backends.make("tpu", _adb_args(tmp_path), _opt(), Protocol())

@@ -86,8 +86,40 @@ def test_incremental_decoding_equals_full_decoding():
 
 def test_config_that_does_not_fit_is_refused():
     sub = SuperTransformer(SPACE.smallest(), ModelOptions(V, V))
-    with pytest.raises(ValueError, match="decoder-layer-num 3 > 1"):
+    with pytest.raises(ValueError, match="decoder-layer-num-subtransformer value 3 exceeds 1"):
         sub.set_sample_config(SPACE.largest())
+
+
+def test_model_and_space_fit_checks_are_one_definition():
+    """SuperTransformer.check_fits (ValueError) and SearchSpace.fits (ConfigError) both report
+    SubConfig.fit_problems."""
+    from hat.errors import ConfigError
+
+    sup = SuperTransformer(SPACE.super_config(), ModelOptions(V, V))
+    big = SPACE.largest().replace(qkv_dim=SPACE.super_config().qkv_dim * 2, encoder_ffn_embed_dim=(10**5,) * 6)
+    problems = big.fit_problems(SPACE.super_config())
+    assert len(problems) >= 2 and any("qkv-dim-subtransformer" in p for p in problems)
+    assert any("encoder-ffn-embed-dim-all-subtransformer[0]" in p for p in problems)
+    with pytest.raises(ValueError) as model_err:
+        sup.check_fits(big)
+    with pytest.raises(ConfigError) as space_err:
+        SPACE.fits(big)
+    for p in problems:
+        assert p in str(model_err.value) and p in str(space_err.value)
+    assert SPACE.largest().fit_problems(SPACE.super_config()) == []
+    sup.check_fits(SPACE.largest())
+
+
+def test_encoder_keeps_the_states_the_decoder_reads():
+    cfg = SPACE.largest().replace(encoder_layer_num=3, decoder_layer_num=2, decoder_arbitrary_ende_attn=(2, -1))
+    model = SuperTransformer(SPACE.super_config(), ModelOptions(V, V)).eval().set_sample_config(cfg)
+    assert cfg.ende_layers == [3, 1] and cfg.encoder_states == 3 == model.encoder.keep_states
+    src = torch.randint(4, V, (2, 7))
+    assert len(model.encoder(src)["states"]) == 3
+    assert [model.decoder.ende_layers(i) for i in range(2)] == [3, 1]
+    bad = cfg.replace(encoder_layer_num=2, decoder_arbitrary_ende_attn=(2, -1))
+    with pytest.raises(ValueError, match="decoder-arbitrary-ende-attn 2 needs 3 encoder layers"):
+        model.check_fits(bad)
 
 
 def test_half_precision_model_runs_and_matches_fp32():

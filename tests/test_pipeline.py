@@ -22,8 +22,8 @@ def tiny_super(demo_data, tmp_path_factory):
 
 
 def test_strip_keeps_weights_and_config_and_loads_in_fairseq(tiny_super, tmp_path):
-    from hat.checkpoint import load_model, strip_checkpoint
-    from hat.generate import load_checkpoint
+    from hat.checkpoint import load_model
+    from hat.fairseq_plugin.checkpoint import load_checkpoint, strip_checkpoint
 
     d, data, full = tiny_super
     out = str(tmp_path / "s.pt")
@@ -168,12 +168,12 @@ def test_child_output_keeps_progress_redraws_apart_from_lines():
     import subprocess
     import sys
 
-    from hat.demo import _segments
+    from hat.pipeline.runner import segments
 
     code = ("import sys\nfor i in range(3):\n    sys.stdout.write(f'bar {i}%\\r'); sys.stdout.flush()\n"
             "print('INFO:fairseq.trainer: noise'); print('| kept ü')\nsys.stdout.write('tail')")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    got = list(_segments(p.stdout))
+    got = list(segments(p.stdout))
     p.wait()
     assert got == [("bar 0%", "\r"), ("bar 1%", "\r"), ("bar 2%", "\r"), ("INFO:fairseq.trainer: noise", "\n"),
                    ("| kept ü", "\n"), ("tail", "\n")]

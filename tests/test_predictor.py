@@ -75,7 +75,7 @@ def test_learns_a_known_function(trained, space):
 def test_checkpoint_round_trip_keeps_normalisation(trained, space, tmp_path):
     data, pred, _ = trained
     path = pred.save(str(tmp_path / "sub" / "pred.pt"))
-    assert os.path.isfile(path) and not [f for f in os.listdir(tmp_path / "sub") if f.startswith(".tmp")]
+    assert os.path.isfile(path) and os.listdir(tmp_path / "sub") == ["pred.pt"]  # no temporary file left
     loaded = P.load(path, space=space)
     rng = random.Random(1)
     cfgs = [space.sample(rng) for _ in range(20)] + [space.largest(), space.smallest()]
@@ -128,6 +128,31 @@ def test_dataset_from_another_space_is_refused(space, tmp_path):
         bad = tmp_path / "bad.csv"
         bad.write_text("a,b,c\n1,2,3\n")
         P.read_dataset(str(bad))
+
+
+def test_hat_layout_is_read_by_its_header_and_checked_against_the_space(space, tmp_path):
+    """HAT's CSV layout (its ten feature columns first, then the latency columns), without HAT's datasets."""
+    rng = random.Random(5)
+    cfgs = [space.sample(rng) for _ in range(12)]
+    header = list(P.HAT_FEATURES) + list(P.TARGET_COLUMNS) + ["latency_std_encoder", "latency_std_decoder"]
+    rows = [[f"{v:g}" for v in cfg.features()[:10]] + [f"{x:g}" for x in known_latency(P.config_features(cfg))]
+            + ["0", "0"] for cfg in cfgs]
+    path = tmp_path / "hw_all.csv"
+    lines = [",".join(header)] + [",".join(r) for r in rows[:5]] + [""] + [",".join(r) for r in rows[5:]]
+    path.write_text("\n".join(lines) + "\n")
+    data = P.read_dataset(str(path), space=space)
+    assert data.layout == "hat" and data.feature_names == P.HAT_FEATURES and data.configs is None
+    assert data.source == "measured:hat:hw_all" and len(data) == 12
+    assert np.allclose(data.features, [P.config_features(c, P.HAT_FEATURES) for c in cfgs])
+    assert np.allclose(data.latency, [sum(known_latency(P.config_features(c))) for c in cfgs])
+    assert len(P.read_dataset(str(path), size=10)) == 10
+    rows[7][0] = "4096"  # encoder_embed_dim outside the space, on line 10 (the blank line 7 counts)
+    path.write_text("\n".join([",".join(header)] + [",".join(r) for r in rows[:5]] + [""]
+                              + [",".join(r) for r in rows[5:]]) + "\n")
+    with pytest.raises(ConfigError, match=r"hw_all.csv line 10: encoder_embed_dim=4096 is outside the search space"):
+        P.read_dataset(str(path), space=space)
+    with pytest.raises(ConfigError, match="feature-dim 11, but .* has 10 features \\(hat layout\\)"):
+        P.read_dataset(str(path), feature_dim=11)
 
 
 def test_split_is_hats_protocol_and_seeded():
@@ -183,7 +208,7 @@ def test_script_unknown_key_is_one_line_exit_2(tmp_path):
     os.path.relpath(os.path.join(d, f), ROOT)
     for d, _, fs in os.walk(os.path.join(ROOT, "configs")) if d.endswith("latency_predictor") for f in fs))
 def test_shipped_configs_parse(name):
-    import latency_predictor as cli
+    from hat.stages import latency_predictor as cli
 
     args = cli.parse_args([f"--configs={os.path.join(ROOT, name)}"])
     assert args.lat_dataset_path and args.ckpt_path
@@ -195,7 +220,7 @@ def test_shipped_configs_parse(name):
 @pytest.mark.skipif(not os.path.isfile(RPI), reason=f"HAT's latency datasets are not at {SHARED} (../shared)")
 def test_hat_raspberry_pi_dataset_beats_hats_mlp():
     """HAT's own CSV, HAT's random 80/10/10 protocol, the shipped config: below HAT's reported 4.7-5.9 % MRE."""
-    import latency_predictor as cli
+    from hat.stages import latency_predictor as cli
 
     args = cli.parse_args([f"--configs={ROOT}/configs/wmt14.en-de/latency_predictor/cpu_raspberrypi.yml"])
     space = cli.space_of(args)

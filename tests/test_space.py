@@ -8,7 +8,7 @@ import yaml
 
 from hat.config import load_yaml
 from hat.errors import ConfigError
-from hat.space import CHOICE_KEYS, SUB_KEYS, SearchSpace, SubConfig
+from hat.space import CHOICE_KEYS, SUB_KEYS, SearchSpace, SubConfig, ende_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs/demo.de-en/supertransformer/space0.yml")
@@ -77,6 +77,37 @@ def test_sub_config_validation_names_key_and_index(space):
     too_big = space.largest().replace(qkv_dim=256)
     with pytest.raises(ConfigError, match="qkv-dim-subtransformer value 256 exceeds"):
         space.fits(too_big)
+
+
+def test_arbitrary_ende_attention_derived_counts(space):
+    assert [ende_layers(a) for a in (-1, 1, 2)] == [1, 2, 3]
+    cfg = space.largest().replace(decoder_arbitrary_ende_attn=(1, -1, -1))
+    assert cfg.ende_layers == [2, 1, 1] and cfg.encoder_states == 2
+    assert space.smallest().replace(decoder_arbitrary_ende_attn=(-1,) * 3).encoder_states == 1
+    # sampling never draws an attention that needs more encoder layers than the sample has
+    for seed in range(50):
+        c = space.sample(random.Random(seed))
+        assert max(c.ende_layers) <= c.encoder_layer_num and not c.ende_problems()
+
+
+def test_fit_checks_share_one_definition(space):
+    """fits (super dims) reports every one of SubConfig.fit_problems, which include its ende_problems (what
+    validate checks after the choices)."""
+    short = space.largest().replace(encoder_layer_num=2, decoder_arbitrary_ende_attn=(2, -1, -1))
+    assert short.ende_problems() == [
+        "decoder-arbitrary-ende-attn 2 needs 3 encoder layers, encoder-layer-num-subtransformer is 2"]
+    big = space.largest().replace(qkv_dim=384, decoder_ffn_embed_dim=(512, 4096, 8192))
+    with pytest.raises(ConfigError) as e:
+        space.fits(big, source="x.yml")
+    msg = str(e.value)
+    assert msg.startswith("x.yml: SubTransformer does not fit the SuperTransformer: ")
+    for p in big.fit_problems(space.super_config()):
+        assert p in msg
+    assert "qkv-dim-subtransformer value 384 exceeds 192" in msg
+    assert "decoder-ffn-embed-dim-all-subtransformer[1] value 4096 exceeds 512" in msg
+    assert "decoder-ffn-embed-dim-all-subtransformer[2] value 8192 exceeds 512" in msg
+    with pytest.raises(ConfigError, match="needs 3 encoder layers"):
+        space.fits(short)
 
 
 def test_hat_subtransformer_yaml_round_trip(tmp_path, space):

@@ -44,6 +44,10 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from hat.config import stage_parser
+from hat.errors import HatError
+from hat.io import write_bytes
+
 PACKAGES = ("trans-de-en", "libreoffice-help-en-us", "libreoffice-help-de", "libreoffice-help-fr")
 DING_FILE = "usr/share/trans/de-en"
 LO_HELP_DIR = "usr/share/libreoffice/help"
@@ -63,7 +67,7 @@ Pair = Tuple[str, str]
 Row = Tuple[str, str, str, str]  # split, src, tgt, origin
 
 
-class CorpusError(Exception):
+class CorpusError(HatError):
     """A problem worth one line on stderr (missing file, missing tool, bad format)."""
 
 
@@ -349,9 +353,7 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file() and path.read_bytes() == data:
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes(str(path), data)
 
 
 def tsv_bytes(pair: str, rows: Sequence[Row]) -> bytes:
@@ -636,7 +638,7 @@ def render_readme(m: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hat.data.corpus", description=__doc__.split("\n")[0])
+    ap = stage_parser(__doc__.split("\n")[0], prog="python -m hat.data.corpus")
     ap.add_argument("--out", required=True, type=Path, help="output directory (e.g. data/corpus)")
     ap.add_argument("--workdir", type=Path,
                     help="where to download/unpack the .deb files (default: a temporary dir); "
@@ -671,4 +673,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from hat.cli import run
+
+    run(main)

@@ -36,23 +36,18 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
+from hat.config import stage_parser
 from hat.data.corpus import SPLITS, CorpusError, corpus_file, load_corpus
+from hat.errors import HatError
+from hat.io import sha256_file
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "data" / "corpus"
 FORMAT_VERSION = 2
 DONE = ".done"
 
 
-class PrepareError(Exception):
+class PrepareError(HatError):
     """A problem worth one line on stderr."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _langs(pair: str) -> List[str]:
@@ -190,7 +185,7 @@ def prepare(pair: str = "de-en", dest: Union[str, Path] = "data-bin/demo.de-en",
     if not cfile.is_file():
         raise PrepareError(f"corpus file not found: {cfile} (build it with python -m hat.data.corpus)")
     params = {"format": FORMAT_VERSION, "pair": pair, "vocab_size": vocab_size,
-              "corpus_file": cfile.name, "corpus_sha256": _sha256(cfile)}
+              "corpus_file": cfile.name, "corpus_sha256": sha256_file(cfile)}
 
     done = read_done(dest)
     if not force and done is not None and done.get("params") == params:
@@ -257,8 +252,7 @@ def _summary(dest: Path, record: dict, how: str) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hat.data.prepare",
-                                 description="Prepare the embedded demo corpus for fairseq.")
+    ap = stage_parser("Prepare the embedded demo corpus for fairseq.", prog="python -m hat.data.prepare")
     ap.add_argument("--pair", default="de-en", help="SRC-TGT: de-en, en-de, en-fr or fr-en")
     ap.add_argument("--dest", required=True, type=Path, help="output data directory")
     ap.add_argument("--corpus", type=Path, default=None,
@@ -276,4 +270,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from hat.cli import run
+
+    run(main)

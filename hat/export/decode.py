@@ -1,6 +1,7 @@
 """Host side of the exported graphs: source preparation, and greedy / beam search driven step by step.
 
-This is the model of the board runner: everything here is numpy, and the graphs are called only through
+This is the model of the board runner: everything here is numpy (the host's inputs come from
+:mod:`hat.export.runtime`; torch is imported only by the torch runners), and the graphs are called only through
 ``Runner.encode`` / ``Runner.step``. Three runners share the same search:
 
 * :class:`OrtRunner`   the exported ``<name>_enc.onnx`` / ``<name>_dec.onnx`` in onnxruntime (fixed shapes, caches
@@ -22,37 +23,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hat.export import PARTS, ExportError, onnx_path, read_sidecar
-from hat.export.graphs import MASK_VALUE
+from hat.export.runtime import ort_session, prepare_source, self_mask
 from hat.vocab import EOS, PAD, UNK
-
-
-# ---- inputs the host computes ----------------------------------------------------------------------------------------
-def prepare_source(sentences: Sequence[Sequence[int]], src_len: int, pad: int = PAD, eos: int = EOS):
-    """Token id lists -> (src_tokens int64, src_positions int64, src_mask float32), each (len(sentences), src_len).
-
-    A sentence gets EOS appended if it does not end with one; one longer than ``src_len`` keeps its first
-    ``src_len - 1`` tokens and EOS. Right-padded with ``pad``; positions count real tokens from ``pad + 1``."""
-    n = len(sentences)
-    tokens = np.full((n, src_len), pad, np.int64)
-    positions = np.full((n, src_len), pad, np.int64)
-    mask = np.full((n, src_len), MASK_VALUE, np.float32)
-    for i, s in enumerate(sentences):
-        s = [int(t) for t in s]
-        if not s or s[-1] != eos:
-            s = s + [eos]
-        if len(s) > src_len:
-            s = s[: src_len - 1] + [eos]
-        tokens[i, : len(s)] = s
-        positions[i, : len(s)] = np.arange(pad + 1, pad + 1 + len(s))
-        mask[i, : len(s)] = 0.0
-    return tokens, positions, mask
-
-
-def self_mask(tgt_len: int, step: int) -> np.ndarray:
-    """Additive self-attention mask (1, tgt_len) for decoder step ``step``: cache slots 0..step valid."""
-    m = np.full((1, tgt_len), MASK_VALUE, np.float32)
-    m[:, : step + 1] = 0.0
-    return m
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -119,8 +91,6 @@ class OrtRunner(FixedShapeRunner):
     """The exported graphs ``<onnx_dir>/<name>_{enc,dec}.onnx`` in onnxruntime."""
 
     def __init__(self, onnx_dir: str, name: str, threads: int = 1):
-        from hat.export.onnx import ort_session
-
         metas = {p: read_sidecar(onnx_dir, name, p) for p in PARTS}
         super().__init__(metas["enc"], metas["dec"])
         self.sessions = {p: ort_session(onnx_path(onnx_dir, name, p), threads) for p in PARTS}
@@ -142,11 +112,9 @@ class GraphRunner(FixedShapeRunner):
     """The graph modules of :mod:`hat.export.graphs` in torch, at the shapes of ``settings``."""
 
     def __init__(self, model, settings):
-        from hat.export.onnx import sidecar_io_only
+        from hat.export.graphs import DecoderStepGraph, EncoderGraph, sidecar_io_only
 
         super().__init__(*sidecar_io_only(model, settings))
-        from hat.export.graphs import DecoderStepGraph, EncoderGraph
-
         self.enc = EncoderGraph(model, settings.src_len).eval()
         self.dec = DecoderStepGraph(model, settings.tgt_len, settings.batch_size).eval()
 

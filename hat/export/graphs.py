@@ -14,23 +14,22 @@ nothing the RK3588 NPU lacks (CumSum, Range, Trilu, TopK, Neg) is needed:
   the step writes its new key/value into slot ``position - padding_idx - 1`` (a one-hot row gathered from a constant
   table, then a multiply-add: no Scatter, no Slice) and attends over the slots the ``self_mask`` input marks valid.
 
-Input/output names and shapes are listed by :func:`encoder_io` / :func:`decoder_io` (the same lists go into the JSON
-sidecar next to each ``.onnx``).
+Input/output names and shapes are listed by :func:`encoder_io` / :func:`decoder_io`; :func:`graph_meta` adds what
+the host needs to drive them (the JSON sidecar next to each ``.onnx`` is that, plus provenance). The layers
+themselves are the model's: :meth:`TransformerEncoder.run_layers` and :meth:`DecoderLayer.blocks`.
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hat.export import SIDECAR_FORMAT
+from hat.export.runtime import MASK_VALUE
 from hat.models.transformer import SuperTransformer
-
-# additive mask value for "may not attend" (finite: fp16-safe, and exp(MASK_VALUE + score) == 0 in fp32 and fp16)
-MASK_VALUE = -10000.0
-
+from hat.vocab import BOS, EOS, UNK
 
 def _io(name: str, dtype: str, shape, doc: str) -> Dict[str, object]:
     return {"name": name, "dtype": dtype, "shape": [int(s) for s in shape], "doc": doc}
@@ -39,7 +38,7 @@ def _io(name: str, dtype: str, shape, doc: str) -> Dict[str, object]:
 def cross_len(model: SuperTransformer, layer: int, src_len: int) -> int:
     """Encoder positions decoder layer ``layer`` attends to (HAT's arbitrary ende attention concatenates the last
     k+1 encoder layers along time)."""
-    return (max(model.decoder.arbitrary_ende_attn[layer], 0) + 1) * src_len
+    return model.decoder.ende_layers(layer) * src_len
 
 
 def layer_shapes(model: SuperTransformer) -> List[Dict[str, int]]:
@@ -52,7 +51,7 @@ def layer_shapes(model: SuperTransformer) -> List[Dict[str, int]]:
             "self_head_dim": layer.self_attn.qkv_dim // layer.self_attn.heads,
             "cross_heads": layer.encoder_attn.heads,
             "cross_head_dim": layer.encoder_attn.qkv_dim // layer.encoder_attn.heads,
-            "cross_states": max(model.decoder.arbitrary_ende_attn[i], 0) + 1,
+            "cross_states": model.decoder.ende_layers(i),
         })
     return out
 
@@ -93,6 +92,37 @@ def decoder_io(model: SuperTransformer, rows: int, src_len: int, max_len: int, b
     return inputs, outputs
 
 
+def graph_meta(model: SuperTransformer, part: str, s) -> dict:
+    """What the host needs to drive a graph: inputs/outputs, shapes, special tokens, layer shapes, SubConfig.
+    ``s`` is an :class:`hat.export.onnx.ExportSettings` (batch_size, beam, rows, src_len, tgt_len, lenpen)."""
+    cfg = model.sample_config
+    ins, outs = encoder_io(model, s.batch_size, s.src_len) if part == "enc" else decoder_io(
+        model, s.rows, s.src_len, s.tgt_len, s.batch_size)
+    pad = model.opt.padding_idx
+    return {
+        "format": SIDECAR_FORMAT,
+        "part": part,
+        "inputs": ins,
+        "outputs": outs,
+        "shapes": {"batch_size": s.batch_size, "beam": s.beam, "rows": s.rows if part == "dec" else s.batch_size,
+                   "src_len": s.src_len, "tgt_len": s.tgt_len},
+        "tokens": {"bos": BOS, "pad": pad, "eos": EOS, "unk": UNK, "src_vocab": model.opt.src_vocab,
+                   "tgt_vocab": model.opt.tgt_vocab},
+        "mask_value": MASK_VALUE,
+        "position_offset": pad + 1,
+        "layers": layer_shapes(model),
+        "lenpen": s.lenpen,
+        "config_key": cfg.key(),
+        "sub_config": cfg.to_hat_dict(),
+        "features": cfg.features(),
+    }
+
+
+def sidecar_io_only(model: SuperTransformer, s) -> Tuple[dict, dict]:
+    """(encoder, decoder) :func:`graph_meta` without exporting: what :class:`hat.export.decode.GraphRunner` needs."""
+    return graph_meta(model, "enc", s), graph_meta(model, "dec", s)
+
+
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     b, t, c = x.shape
     return x.reshape(b, t, heads, c // heads).transpose(1, 2)
@@ -122,22 +152,11 @@ class EncoderGraph(nn.Module):
 
     def forward(self, src_tokens: torch.Tensor, src_positions: torch.Tensor, src_mask: torch.Tensor):
         enc, dec = self.model.encoder, self.model.decoder
-        d = enc.sample_dim
-        scale = 1.0 if enc.opt.no_scale_embedding else math.sqrt(d)
-        x = scale * enc.embed_tokens(src_tokens, d) + F.embedding(src_positions, self.positions)
-        attn_mask = src_mask[:, None, None, :]
-        states: List[torch.Tensor] = []
-        for i in range(enc.sample_layers):
-            x = enc.layers[i](x, attn_mask)
-            if i >= enc.sample_layers - enc.keep_states:
-                states.append(x)
-        if enc.layer_norm is not None:
-            states = [enc.layer_norm(s) for s in states]
+        x = enc.scaled_embedding(src_tokens) + F.embedding(src_positions, self.positions)
+        states = enc.run_layers(x, src_mask[:, None, None, :])
         outputs = []
         for i in range(dec.sample_layers):
-            k = max(dec.arbitrary_ende_attn[i], 0) + 1
-            feed = states[-1] if k == 1 else torch.cat([states[-1 - j] for j in range(k)], dim=1)
-            key, value = dec.layers[i].encoder_attn.project_kv(feed)
+            key, value = dec.layers[i].encoder_attn.project_kv(dec.encoder_feed(states, i))
             outputs += [key, value]
         return tuple(outputs)
 
@@ -189,9 +208,7 @@ class DecoderStepGraph(nn.Module):
 
     def forward(self, prev_token, position, self_mask, src_mask, *caches):
         dec = self.model.decoder
-        d = dec.sample_dim
-        scale = 1.0 if dec.opt.no_scale_embedding else math.sqrt(d)
-        x = scale * dec.embed_tokens(prev_token, d) + F.embedding(position, self.positions)  # (rows,1,d)+(1,1,d)
+        x = dec.scaled_embedding(prev_token) + F.embedding(position, self.positions)  # (rows,1,d)+(1,1,d)
         rows = prev_token.shape[0]
         write = F.embedding(position, self.write_table).reshape(1, 1, self.max_len, 1)
         smask = self_mask.reshape(1, 1, 1, self.max_len)
@@ -201,7 +218,7 @@ class DecoderStepGraph(nn.Module):
         for i in range(dec.sample_layers):
             layer = dec.layers[i]
             k_cache, v_cache, ck, cv = caches[4 * i : 4 * i + 4]
-            k = max(dec.arbitrary_ende_attn[i], 0) + 1
+            k = dec.ende_layers(i)
             if k not in cross_masks:
                 cross_masks[k] = base if k == 1 else torch.cat([base] * k, dim=3)
             saved = {}
@@ -210,12 +227,7 @@ class DecoderStepGraph(nn.Module):
                 out, saved["k"], saved["v"] = self._self_attn(layer, h, k_cache, v_cache, write, smask)
                 return out
 
-            x = layer._block(x, layer.self_attn_layer_norm, self_fn)
-            x = layer._block(x, layer.encoder_attn_layer_norm,
-                             lambda h: self._cross_attn(layer, h, ck, cv, cross_masks[k]))
-            x = layer._block(x, layer.final_layer_norm, lambda h: layer.fc2(F.relu(layer.fc1(h))))
+            x = layer.blocks(x, self_fn, lambda h: self._cross_attn(layer, h, ck, cv, cross_masks[k]))
             new_caches += [saved["k"], saved["v"]]
-        if dec.layer_norm is not None:
-            x = dec.layer_norm(x)
-        logits = dec.output_layer(x).reshape(rows, -1)
+        logits = dec.head(x).reshape(rows, -1)
         return (logits, *new_caches)

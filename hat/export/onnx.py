@@ -26,9 +26,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hat.errors import CheckpointError, ConfigError
-from hat.export import SIDECAR_FORMAT, ExportError, UnsupportedOpError, onnx_path, sidecar_path
+from hat.export import ExportError, UnsupportedOpError, onnx_path, sidecar_path
+from hat.export.runtime import ort_session, prepare_source, self_mask
 from hat.io import atomic_output, sha256_file, write_json
-from hat.vocab import BOS, EOS, PAD, UNK
+from hat.vocab import EOS
 
 FORBIDDEN_OPS = ("CumSum", "Range", "Trilu", "TopK", "Neg")  # absent from the RK3588 NPU
 PARITY_ATOL = 1e-4
@@ -178,7 +179,6 @@ def _static_attention_scale():
 def sample_inputs(model, part: str, s: ExportSettings, seed: int = 0):
     """Plausible inputs for tracing and parity: random tokens with some padding, masks/positions as the host makes
     them, random caches (dict name -> numpy array, in graph input order)."""
-    from hat.export import decode
     from hat.export.graphs import decoder_io, encoder_io
 
     rng = np.random.default_rng(seed)
@@ -186,7 +186,7 @@ def sample_inputs(model, part: str, s: ExportSettings, seed: int = 0):
     vocab = model.opt.src_vocab
     lengths = [max(2, s.src_len - 2 - (3 * i) % s.src_len) for i in range(s.batch_size)]  # some padding
     sents = [list(rng.integers(4, vocab, n - 1)) + [EOS] for n in lengths]
-    tokens, positions, mask = decode.prepare_source(sents, s.src_len, pad, EOS)
+    tokens, positions, mask = prepare_source(sents, s.src_len, pad, EOS)
     if part == "enc":
         ins, _ = encoder_io(model, s.batch_size, s.src_len)
         arrays = [tokens, positions, mask]
@@ -196,7 +196,7 @@ def sample_inputs(model, part: str, s: ExportSettings, seed: int = 0):
     feeds = {
         "prev_token": rng.integers(4, model.opt.tgt_vocab, (s.rows, 1)).astype(np.int64),
         "position": np.full((1, 1), pad + 1 + step, np.int64),
-        "self_mask": decode.self_mask(s.tgt_len, step),
+        "self_mask": self_mask(s.tgt_len, step),
         "src_mask": mask,
     }
     for spec in ins[4:]:
@@ -226,20 +226,6 @@ def _simplify(path: str, log) -> Optional[str]:
             log(f"| {tool} failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}); graph left as exported")
             return None
     return None
-
-
-def ort_session(path: str, threads: int = 1):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        from hat.export import ToolkitMissingError
-
-        raise ToolkitMissingError("onnxruntime is not installed (pip install onnxruntime)") from None
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
 def _graph_module(model, part: str, s: ExportSettings):
@@ -289,40 +275,11 @@ def export_part(model, part: str, path: str, s: ExportSettings, log=print) -> Tu
     return ops, diff, simplified
 
 
-def graph_meta(model, part: str, s: ExportSettings) -> dict:
-    """What the host needs to drive a graph: inputs/outputs, shapes, special tokens, layer shapes, SubConfig."""
-    from hat.export.graphs import MASK_VALUE, decoder_io, encoder_io, layer_shapes
-
-    cfg = model.sample_config
-    ins, outs = encoder_io(model, s.batch_size, s.src_len) if part == "enc" else decoder_io(
-        model, s.rows, s.src_len, s.tgt_len, s.batch_size)
-    pad = model.opt.padding_idx
-    return {
-        "format": SIDECAR_FORMAT,
-        "part": part,
-        "inputs": ins,
-        "outputs": outs,
-        "shapes": {"batch_size": s.batch_size, "beam": s.beam, "rows": s.rows if part == "dec" else s.batch_size,
-                   "src_len": s.src_len, "tgt_len": s.tgt_len},
-        "tokens": {"bos": BOS, "pad": pad, "eos": EOS, "unk": UNK, "src_vocab": model.opt.src_vocab,
-                   "tgt_vocab": model.opt.tgt_vocab},
-        "mask_value": MASK_VALUE,
-        "position_offset": pad + 1,
-        "layers": layer_shapes(model),
-        "lenpen": s.lenpen,
-        "config_key": cfg.key(),
-        "sub_config": cfg.to_hat_dict(),
-        "features": cfg.features(),
-    }
-
-
-def sidecar_io_only(model, s: ExportSettings) -> Tuple[dict, dict]:
-    return graph_meta(model, "enc", s), graph_meta(model, "dec", s)
-
-
 def sidecar(model, part: str, name: str, path: str, s: ExportSettings, ops, diff, checkpoint, simplified) -> dict:
     import onnx
     import torch
+
+    from hat.export.graphs import graph_meta
 
     meta = graph_meta(model, part, s)
     meta.update({

@@ -96,40 +96,6 @@ def _last_error(log_path: str) -> str:
 
 
 # ---- sample inputs (verification, calibration) ------------------------------------------------------------------------
-def infer_langs(data_dir: str, split: str) -> Tuple[str, str]:
-    """(source, target) language from fairseq's file names ``<split>.<src>-<tgt>.<lang>.idx``."""
-    for f in sorted(os.listdir(data_dir)):
-        parts = f.split(".")
-        if len(parts) == 4 and parts[0] == split and parts[3] == "idx" and "-" in parts[1]:
-            src, tgt = parts[1].split("-", 1)
-            return src, tgt
-    raise ExportError(f"no binarized {split} split in {data_dir} (expected {split}.<src>-<tgt>.<lang>.idx)")
-
-
-def load_split(data_dir: str, split: str, src: Optional[str] = None, tgt: Optional[str] = None,
-               limit: Optional[int] = None) -> List[List[int]]:
-    """Source token ids (EOS-terminated, as fairseq binarized them) of a split."""
-    if not data_dir or not os.path.isdir(data_dir):
-        raise ExportError(f"data directory not found: {data_dir}")
-    if src is None or tgt is None:
-        isrc, itgt = infer_langs(data_dir, split)
-        src, tgt = src or isrc, tgt or itgt
-    prefix = os.path.join(data_dir, f"{split}.{src}-{tgt}.{src}")
-    if not os.path.isfile(prefix + ".idx"):
-        raise ExportError(f"binarized split not found: {prefix}.idx")
-    import logging
-
-    from hat.train import quiet_fairseq_imports
-
-    quiet_fairseq_imports()
-    logging.getLogger("fairseq.data.data_utils").setLevel(logging.WARNING)
-    from fairseq.data import data_utils
-
-    ds = data_utils.load_indexed_dataset(prefix, None)
-    n = len(ds) if limit is None else min(limit, len(ds))
-    return [ds[i].tolist() for i in range(n)]
-
-
 class _Recorder:
     """Wraps an OrtRunner and keeps the feeds (and onnxruntime's outputs) of every graph call."""
 
@@ -166,6 +132,8 @@ def record_samples(onnx_dir: str, name: str, sentences: Sequence[Sequence[int]])
 def sample_sentences(meta: dict, data_dir: Optional[str], split: str, n: int, src=None, tgt=None, seed: int = 0):
     """``n`` source sentences: the first ones of the data dir's split, or random token ids without a data dir."""
     if data_dir:
+        from hat.fairseq_plugin.data import load_split
+
         sents = load_split(data_dir, split, src, tgt, limit=n)
         if sents:
             return sents, f"{split} split of {data_dir}"
@@ -336,39 +304,3 @@ def simulate(rk, meta: dict, samples: list, log_path: str, precision: str) -> di
         raise ExportError(f"simulator fp16 output {bad} has cosine {worst[bad]['cosine']:.6f} < {FP16_MIN_COSINE} "
                           f"against onnxruntime [simulator]")
     return result
-
-
-# ---- command line ---------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    from hat.config import stage_parser
-    from hat.export.onnx import add_export_args
-
-    p = stage_parser("Build RKNN models from the ONNX graphs convert2onnx.py wrote (rknn-toolkit2).")
-    p.add_argument("--configs", help="export YAML (configs/<task>/convert_onnx/common.yml)")
-    p.add_argument("--sub-configs", help="second YAML, read after --configs")
-    p.add_argument("--onnx-name", help="export name NAME of <onnx-dir>/NAME_enc.onnx / NAME_dec.onnx (default: name)")
-    p.add_argument("--enc", action="store_true", help="the encoder only")
-    p.add_argument("--dec", action="store_true", help="the decoder step only")
-    p.add_argument("--verify", action="store_true", help="compare the simulator with onnxruntime on sample inputs")
-    p.add_argument("--verify-samples", type=int, default=4, help="graph calls compared by --verify")
-    add_export_args(p)
-    return p
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    from hat.config import parse_stage
-    from hat.export.onnx import parts_from_args
-
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_stage(build_parser(), argv, ("--configs", "--sub-configs"))
-    name = args.onnx_name or args.name
-    if not name:
-        raise ConfigError("--onnx-name NAME is required (the name convert2onnx.py exported under)")
-    if args.target_platform not in PLATFORMS:
-        raise ConfigError(f"target-platform {args.target_platform!r} is not one of {', '.join(PLATFORMS)}")
-    require_rknn()
-    for part in parts_from_args(args):
-        build_part(args.onnx_dir, name, part, args.target_platform, args.precision, args.rknn_dir or args.onnx_dir,
-                   data_dir=args.data, split=args.calib_split, calib_size=args.calib_size, verify=args.verify,
-                   verify_samples=args.verify_samples, src_lang=args.source_lang, tgt_lang=args.target_lang)
-    return 0

@@ -16,11 +16,11 @@ from fairseq.models import (
     register_model_architecture,
 )
 
-from hat.checkpoint import options_from_args, space_from_args, sub_config_from_args
+from hat.args import (ARCHS, add_model_args, apply_arch_defaults, options_from_args, space_from_args,
+                      sub_config_from_args)
 from hat.models.transformer import SuperTransformer
-from hat.space import CHOICE_KEYS, SUB_KEYS, SUPER_KEYS, SearchSpace, SubConfig
+from hat.space import SearchSpace, SubConfig
 
-_LIST_SUB_KEYS = {k for k in SUB_KEYS if "-all-" in k}
 _CACHE_KEY = "hat_decoder_cache"
 
 
@@ -88,36 +88,11 @@ class TransformerSuperModel(FairseqEncoderDecoderModel):
 
     @staticmethod
     def add_args(parser):
-        add = parser.add_argument
-        add("--dropout", type=float, metavar="D", help="dropout probability")
-        add("--attention-dropout", type=float, metavar="D", help="dropout probability for attention weights")
-        add("--activation-dropout", type=float, metavar="D", help="dropout probability after the FFN activation")
-        add("--activation-fn", choices=["relu"], help="activation function (relu, as HAT)")
-        add("--encoder-normalize-before", action="store_true", help="pre-norm encoder layers")
-        add("--decoder-normalize-before", action="store_true", help="pre-norm decoder layers")
-        add("--share-all-embeddings", action="store_true", help="share encoder, decoder and output embeddings")
-        add("--share-decoder-input-output-embed", action="store_true", help="share decoder input/output embeddings")
-        add("--no-scale-embedding", action="store_true", help="do not scale embeddings by sqrt(dim)")
-        # SuperTransformer dims (HAT/fairseq keys)
-        for key in SUPER_KEYS:
-            add("--" + key, type=int, metavar="N", help=f"SuperTransformer {key}")
-        # search space (HAT's keys + qkv-dim-choice)
-        for key in CHOICE_KEYS:
-            add("--" + key, type=int, nargs="+", metavar="N", help=f"search space: {key}")
-        # one SubTransformer (HAT's keys + qkv-dim-subtransformer)
-        for key in SUB_KEYS:
-            if key in _LIST_SUB_KEYS:
-                add("--" + key, type=int, nargs="+", metavar="N", help=f"SubTransformer: {key}")
-            else:
-                add("--" + key, type=int, metavar="N", help=f"SubTransformer: {key}")
-        add("--train-subtransformer", action="store_true", help="train one fixed SubTransformer (its own weights)")
-        add("--inherit-from", metavar="CHECKPOINT",
-            help="with --train-subtransformer: start from this SuperTransformer's weights (sliced to the "
-                 "SubTransformer) instead of a random init; a resumed run keeps its own checkpoint_last.pt")
+        add_model_args(parser)
 
     @classmethod
     def build_model(cls, args, task):
-        base_architecture(args)
+        apply_arch_defaults(args)
         space = space_from_args(args)
         opt = options_from_args(
             args, len(task.source_dictionary), len(task.target_dictionary), task.source_dictionary.pad()
@@ -173,76 +148,11 @@ def inherit(core: SuperTransformer, sub: SubConfig, path: str) -> None:
     core.load_state_dict(sup.model.extract(sub).state_dict())
 
 
-def _default(args, name, value):
-    if getattr(args, name, None) is None:
-        setattr(args, name, value)
+def _register_archs():
+    """Every architecture of :data:`hat.args.ARCHS` (its defaults live there, shared with the fairseq-free stages)."""
+    for arch in ARCHS:
+        register_model_architecture("transformersuper", arch)(
+            lambda args, arch=arch: apply_arch_defaults(args, arch))
 
 
-def base_architecture(args):
-    """Defaults shared by every arch; an explicit YAML key or flag always wins."""
-    _default(args, "dropout", 0.1)
-    _default(args, "attention_dropout", 0.0)
-    _default(args, "activation_dropout", 0.0)
-    _default(args, "activation_fn", "relu")
-    for side in ("encoder", "decoder"):
-        _default(args, f"{side}_embed_dim", 512)
-        _default(args, f"{side}_ffn_embed_dim", 2048)
-        _default(args, f"{side}_layers", 6)
-        _default(args, f"{side}_attention_heads", 8)
-    _default(args, "qkv_dim", 512)
-    # a space that was not given is the SuperTransformer alone (one choice per gene)
-    _default(args, "encoder_embed_choice", [args.encoder_embed_dim])
-    _default(args, "decoder_embed_choice", [args.decoder_embed_dim])
-    _default(args, "encoder_ffn_embed_dim_choice", [args.encoder_ffn_embed_dim])
-    _default(args, "decoder_ffn_embed_dim_choice", [args.decoder_ffn_embed_dim])
-    _default(args, "encoder_layer_num_choice", [args.encoder_layers])
-    _default(args, "decoder_layer_num_choice", [args.decoder_layers])
-    _default(args, "encoder_self_attention_heads_choice", [args.encoder_attention_heads])
-    _default(args, "decoder_self_attention_heads_choice", [args.decoder_attention_heads])
-    _default(args, "decoder_ende_attention_heads_choice", [args.decoder_attention_heads])
-    _default(args, "decoder_arbitrary_ende_attn_choice", [-1])
-    _default(args, "qkv_dim_choice", [args.qkv_dim])
-
-
-@register_model_architecture("transformersuper", "transformersuper")
-def transformersuper(args):
-    base_architecture(args)
-
-
-@register_model_architecture("transformersuper", "transformersuper_wmt_en_de")
-def transformersuper_wmt_en_de(args):
-    _default(args, "dropout", 0.3)
-    _default(args, "attention_dropout", 0.1)
-    base_architecture(args)
-
-
-@register_model_architecture("transformersuper", "transformersuper_wmt_en_fr")
-def transformersuper_wmt_en_fr(args):
-    _default(args, "dropout", 0.1)
-    _default(args, "attention_dropout", 0.1)
-    base_architecture(args)
-
-
-@register_model_architecture("transformersuper", "transformersuper_iwslt_de_en")
-def transformersuper_iwslt_de_en(args):
-    for side in ("encoder", "decoder"):
-        _default(args, f"{side}_embed_dim", 640)
-        _default(args, f"{side}_ffn_embed_dim", 2048)
-        _default(args, f"{side}_attention_heads", 4)
-    _default(args, "dropout", 0.3)
-    _default(args, "attention_dropout", 0.1)
-    base_architecture(args)
-
-
-@register_model_architecture("transformersuper", "transformersuper_demo")
-def transformersuper_demo(args):
-    """Small enough to train on two CPU cores in minutes (the embedded demo corpus)."""
-    for side in ("encoder", "decoder"):
-        _default(args, f"{side}_embed_dim", 256)
-        _default(args, f"{side}_ffn_embed_dim", 512)
-        _default(args, f"{side}_layers", 3)
-        _default(args, f"{side}_attention_heads", 4)
-    _default(args, "qkv_dim", 256)
-    _default(args, "dropout", 0.1)
-    _default(args, "attention_dropout", 0.0)
-    base_architecture(args)
+_register_archs()

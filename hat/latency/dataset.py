@@ -1,24 +1,35 @@
-"""The latency dataset: one CSV row per sampled SubTransformer, appended as soon as it is measured.
+"""The latency dataset: one CSV row per sampled SubTransformer, appended as soon as it is measured; and the one
+reader of every latency CSV the predictor trains on.
 
-Columns: ``key``, ``config`` (the SubTransformer as JSON, never parsed with eval), the latency features
-(:data:`hat.space.FEATURE_NAMES`: HAT's ten + qkv dim), HAT's four latency columns (ms), memory columns (MB), and
-``backend`` / ``source`` (where the numbers come from). An interrupted run keeps every finished row; running the
-same command again samples the same configs and skips those already in the file.
+Columns (:data:`COLUMNS`): ``key``, ``config`` (the SubTransformer as JSON, never parsed with eval), the latency
+features (:data:`hat.space.FEATURE_NAMES`: HAT's ten + qkv dim), HAT's four latency columns (ms), memory columns
+(MB), and ``backend`` / ``source`` (where the numbers come from). An interrupted run keeps every finished row; running
+the same command again samples the same configs and skips those already in the file.
+
+:func:`read_table` reads ours and HAT's published CSVs (HAT's ten feature columns first, then its latency columns)
+into a :class:`LatencyData`, told apart by the header.
 """
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import random
-from typing import Callable, Dict, Iterable, List, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from hat.errors import ConfigError
+from hat.io import atomic_output
 from hat.space import FEATURE_NAMES, SearchSpace, SubConfig
 
 LATENCY_COLUMNS = ["latency_mean_encoder", "latency_mean_decoder", "latency_std_encoder", "latency_std_decoder"]
 MEMORY_COLUMNS = ["weight_mb", "activation_mb", "measured_memory_mb"]
 COLUMNS = ["key", "config"] + list(FEATURE_NAMES) + LATENCY_COLUMNS + MEMORY_COLUMNS + ["backend", "source"]
+TARGET_COLUMNS = tuple(LATENCY_COLUMNS[:2])  # a predictor's target: encoder + decoder mean latency
+HAT_FEATURES = tuple(FEATURE_NAMES[:10])  # HAT's CSVs: these ten feature columns first
 
 
 def sample_configs(space: SearchSpace, size: int, seed: int) -> List[SubConfig]:
@@ -37,6 +48,7 @@ def sample_configs(space: SearchSpace, size: int, seed: int) -> List[SubConfig]:
     return out
 
 
+# -- writing (latency_dataset.py) -------------------------------------------------------------------------------------
 def read_rows(path: str) -> List[Dict[str, str]]:
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return []
@@ -56,12 +68,11 @@ def read_rows(path: str) -> List[Dict[str, str]]:
 
 def _repair(path: str, rows: List[Dict[str, str]]) -> None:
     """Rewrite the file with only its complete rows (drops a torn last line), atomically."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
 
 
 class DatasetWriter:
@@ -96,3 +107,108 @@ class DatasetWriter:
 
 def config_of(row: Dict[str, str]) -> SubConfig:
     return SubConfig.from_hat_dict(json.loads(row["config"]))
+
+
+# -- reading for a predictor: ours and HAT's CSVs ---------------------------------------------------------------------
+@dataclass
+class LatencyData:
+    features: np.ndarray  # (n, F), raw feature values
+    latency: np.ndarray  # (n,), encoder + decoder mean latency in ms
+    feature_names: Tuple[str, ...]
+    source: str  # what the latencies are: "measured:<source>"
+    layout: str  # "hat" (HAT's CSV) or "ours" (latency_dataset.py's CSV)
+    path: str
+    configs: Optional[List[SubConfig]] = None
+    sources: Tuple[str, ...] = ()  # ours: the distinct source (else backend) values of the rows, sorted
+    lines: Tuple[int, ...] = ()  # the file's line number of every row
+
+    def __len__(self):
+        return len(self.latency)
+
+
+def _float(v, path, line, col) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path} line {line}: column {col} is not a number: {v!r}") from None
+    if not math.isfinite(x):
+        raise ConfigError(f"{path} line {line}: column {col} is not finite: {v!r}")
+    return x
+
+
+def _source_label(values: Sequence[str]) -> str:
+    vals = sorted({v for v in values if v})
+    label = "+".join(vals) if vals else "unknown"
+    return label if label.startswith("measured") else f"measured:{label}"
+
+
+def read_table(path: str, space: Optional[SearchSpace] = None, size: Optional[int] = None) -> LatencyData:
+    """Read a latency CSV: ours (a ``config`` column; features are computed from it, all eleven) or HAT's (its ten
+    feature columns first), told apart by the header. The target is encoder + decoder mean latency (> 0 ms). With
+    ``space``, every config of ours must come from it (HAT's rows have features only: see
+    :func:`hat.predictor.read_dataset`). ``size`` keeps the first rows. A torn last line (an interrupted run) is
+    dropped; blank lines are skipped. ``source`` is ``measured:hat:<file name>`` for HAT's CSVs, else the rows'
+    ``source`` (or ``backend``) values, all of them in ``sources``."""
+    if not path or not os.path.isfile(path):
+        raise ConfigError(f"latency dataset not found: {path}")
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header:
+            raise ConfigError(f"{path} is empty")
+        header = [h.strip() for h in header]
+        rows = list(reader)
+    missing = [c for c in TARGET_COLUMNS if c not in header]
+    if "config" in header:
+        layout = "ours"
+    elif tuple(header[:10]) == HAT_FEATURES:
+        layout = "hat"
+    else:
+        raise ConfigError(f"{path}: unrecognised header (neither a 'config' column nor HAT's ten feature columns "
+                          f"first): {','.join(header[:4])},...")
+    if missing:
+        raise ConfigError(f"{path}: no {missing[0]} column")
+    col = {h: i for i, h in enumerate(header)}
+    enc_i, dec_i = col[TARGET_COLUMNS[0]], col[TARGET_COLUMNS[1]]
+    feats, lats, configs, sources, lines = [], [], [], [], []
+    for n, row in enumerate(rows):
+        line = n + 2
+        if not row or all(not v.strip() for v in row):
+            continue
+        if len(row) != len(header):
+            if n == len(rows) - 1:
+                break  # a torn last line of an interrupted run
+            raise ConfigError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}")
+        lat = _float(row[enc_i], path, line, TARGET_COLUMNS[0]) + _float(row[dec_i], path, line, TARGET_COLUMNS[1])
+        if lat <= 0:
+            raise ConfigError(f"{path} line {line}: latency must be > 0 ms, got {lat}")
+        if layout == "ours":
+            try:
+                cfg = SubConfig.from_json(row[col["config"]])
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"{path} line {line}: config column is not a SubTransformer JSON ({e})") from None
+            if space is not None:
+                try:
+                    space.validate(cfg, source=f"{path} line {line}")
+                except ConfigError as e:
+                    raise ConfigError(f"{e} (the dataset is not from the search space of {space.source})") from None
+            configs.append(cfg)
+            feats.append([float(v) for v in cfg.features()])
+            for key in ("source", "backend"):
+                if key in col and row[col[key]].strip():
+                    sources.append(row[col[key]].strip())
+                    break
+        else:
+            feats.append([_float(row[i], path, line, HAT_FEATURES[i]) for i in range(10)])
+        lats.append(lat)
+        lines.append(line)
+        if size is not None and len(lats) >= size:
+            break
+    names = tuple(FEATURE_NAMES) if layout == "ours" else HAT_FEATURES
+    x = np.array(feats, dtype=np.float64).reshape(len(feats), len(names))
+    distinct = tuple(sorted(set(sources)))
+    if layout == "ours":
+        source = _source_label(distinct)
+    else:
+        source = "measured:hat:" + os.path.splitext(os.path.basename(path))[0]
+    return LatencyData(x, np.array(lats), names, source, layout, path, configs or None, distinct, tuple(lines))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 from hat.space import SubConfig
 
@@ -45,13 +45,11 @@ class Measurement:
         return trimmed_stats(self.decoder_ms, self.protocol.trim)
 
     def row(self) -> Dict[str, float]:
+        """The dataset's latency columns (:data:`hat.latency.dataset.LATENCY_COLUMNS`)."""
+        from hat.latency.dataset import LATENCY_COLUMNS
+
         (em, es), (dm, ds) = self.encoder, self.decoder
-        return {
-            "latency_mean_encoder": em,
-            "latency_mean_decoder": dm,
-            "latency_std_encoder": es,
-            "latency_std_decoder": ds,
-        }
+        return dict(zip(LATENCY_COLUMNS, (em, dm, es, ds)))
 
     def summary(self) -> str:
         (em, es), (dm, ds) = self.encoder, self.decoder

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from hat.modules.elastic import (
     ElasticMultiheadAttention,
     ElasticSinusoidalPositions,
 )
-from hat.space import SubConfig
+from hat.space import SubConfig, ende_layers
 
 
 @dataclass
@@ -126,25 +126,46 @@ class DecoderLayer(nn.Module):
         x = residual + F.dropout(fn(x), self.dropout, self.training)
         return x if self.normalize_before else ln(x)
 
+    def _ffn(self, h):
+        return self.fc2(F.dropout(F.relu(self.fc1(h)), self.activation_dropout, self.training))
+
+    def blocks(self, x, self_attn: Callable[[torch.Tensor], torch.Tensor],
+               encoder_attn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The layer's three residual blocks (self-attention, encoder-decoder attention, FFN) with the two attentions
+        given as functions of the block input: :meth:`forward` passes this layer's attention modules with dict caches,
+        the exported decoder step (``hat.export.graphs``) passes fixed-size-cache versions of them."""
+        x = self._block(x, self.self_attn_layer_norm, self_attn)
+        x = self._block(x, self.encoder_attn_layer_norm, encoder_attn)
+        return self._block(x, self.final_layer_norm, self._ffn)
+
     def forward(self, x, self_mask, enc, enc_mask, cache: Optional[Dict[str, Dict[str, torch.Tensor]]] = None):
         self_cache = enc_cache = None
         if cache is not None:
             self_cache = cache.setdefault("self", {})
             enc_cache = cache.setdefault("ende", {})
-        x = self._block(x, self.self_attn_layer_norm, lambda h: self.self_attn(h, attn_mask=self_mask, cache=self_cache))
-        x = self._block(
+        return self.blocks(
             x,
-            self.encoder_attn_layer_norm,
+            lambda h: self.self_attn(h, attn_mask=self_mask, cache=self_cache),
             lambda h: self.encoder_attn(h, enc, attn_mask=enc_mask, cache=enc_cache, static_kv=True),
         )
 
-        def ffn(h):
-            return self.fc2(F.dropout(F.relu(self.fc1(h)), self.activation_dropout, self.training))
 
-        return self._block(x, self.final_layer_norm, ffn)
+class _Stack(nn.Module):
+    """What the encoder and decoder share: token embedding at the sampled width, scaled as fairseq does."""
+
+    opt: ModelOptions
+    embed_tokens: ElasticEmbedding
+    sample_dim: int
+
+    def scaled_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``sqrt(dim) * embed(tokens)`` at the sampled dim (unscaled with ``no_scale_embedding``); positions are
+        added by the caller (the model computes them, the exported graphs take them as inputs)."""
+        d = self.sample_dim
+        scale = 1.0 if self.opt.no_scale_embedding else math.sqrt(d)
+        return scale * self.embed_tokens(tokens, d)
 
 
-class TransformerEncoder(nn.Module):
+class TransformerEncoder(_Stack):
     def __init__(self, cfg: SubConfig, opt: ModelOptions, embed_tokens: ElasticEmbedding):
         super().__init__()
         self.opt = opt
@@ -166,19 +187,22 @@ class TransformerEncoder(nn.Module):
             )
         if self.layer_norm is not None:
             self.layer_norm.set_sample_config(cfg.encoder_embed_dim)
-        self.keep_states = max(v for v in cfg.decoder_arbitrary_ende_attn) + 1 if cfg.decoder_arbitrary_ende_attn else 1
-        self.keep_states = max(1, self.keep_states)
+        self.keep_states = cfg.encoder_states
 
     def forward(self, src_tokens: torch.Tensor, positions: Optional[torch.Tensor] = None) -> Dict[str, object]:
         """Returns ``states`` (outputs of the last ``keep_states`` sampled layers, last one last, each (B, S, C))
         and ``padding_mask`` (B, S), True at pads."""
-        d = self.sample_dim
-        scale = 1.0 if self.opt.no_scale_embedding else math.sqrt(d)
-        emb = self.embed_tokens(src_tokens, d)
-        x = scale * emb + self.embed_positions(src_tokens, d, positions, dtype=emb.dtype)
+        emb = self.scaled_embedding(src_tokens)
+        x = emb + self.embed_positions(src_tokens, self.sample_dim, positions, dtype=emb.dtype)
         x = F.dropout(x, self.opt.dropout, self.training)
         padding_mask = src_tokens.eq(self.opt.padding_idx)
         attn_mask = _additive_ok(~padding_mask[:, None, None, :], x.dtype)
+        return {"states": self.run_layers(x, attn_mask), "padding_mask": padding_mask}
+
+    def run_layers(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor]) -> List[torch.Tensor]:
+        """The sampled layers over the embedded source ``x`` (B, S, C) with an additive ``attn_mask`` broadcastable
+        to (B, 1, S, S): the outputs of the last ``keep_states`` layers, last one last, each through the final layer
+        norm (pre-norm models). Shared by :meth:`forward` and the exported encoder graph."""
         states: List[torch.Tensor] = []
         for i in range(self.sample_layers):
             x = self.layers[i](x, attn_mask)
@@ -186,10 +210,10 @@ class TransformerEncoder(nn.Module):
                 states.append(x)
         if self.layer_norm is not None:
             states = [self.layer_norm(s) for s in states]
-        return {"states": states, "padding_mask": padding_mask}
+        return states
 
 
-class TransformerDecoder(nn.Module):
+class TransformerDecoder(_Stack):
     def __init__(self, cfg: SubConfig, opt: ModelOptions, embed_tokens: ElasticEmbedding):
         super().__init__()
         self.opt = opt
@@ -232,15 +256,27 @@ class TransformerDecoder(nn.Module):
             return F.linear(x, self.embed_tokens.sliced_weight(self.sample_dim))
         return self.output_projection(x)
 
-    def encoder_inputs(self, enc: Dict[str, object], layer: int):
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final layer norm (pre-norm models), then the output projection to the vocabulary."""
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return self.output_layer(x)
+
+    def ende_layers(self, layer: int) -> int:
+        """Encoder layers decoder layer ``layer`` attends to (:func:`hat.space.ende_layers`)."""
+        return ende_layers(self.arbitrary_ende_attn[layer])
+
+    def encoder_feed(self, states: List[torch.Tensor], layer: int) -> torch.Tensor:
         """HAT's arbitrary encoder-decoder attention: -1 attends to the last encoder layer, k to the last k+1
-        layers (their outputs concatenated along time, last layer first)."""
-        states, pad = enc["states"], enc["padding_mask"]
-        k = max(self.arbitrary_ende_attn[layer], 0) + 1
-        if k == 1:
-            return states[-1], pad
-        feed = torch.cat([states[-1 - j] for j in range(k)], dim=1)
-        return feed, torch.cat([pad] * k, dim=1)
+        layers (their outputs concatenated along time, last layer first). Shared with the exported encoder graph."""
+        k = self.ende_layers(layer)
+        return states[-1] if k == 1 else torch.cat([states[-1 - j] for j in range(k)], dim=1)
+
+    def encoder_inputs(self, enc: Dict[str, object], layer: int):
+        """(keys/values input, padding mask) of decoder layer ``layer``'s encoder-decoder attention."""
+        k = self.ende_layers(layer)
+        pad = enc["padding_mask"]
+        return self.encoder_feed(enc["states"], layer), (pad if k == 1 else torch.cat([pad] * k, dim=1))
 
     def forward(
         self,
@@ -252,29 +288,27 @@ class TransformerDecoder(nn.Module):
     ) -> torch.Tensor:
         """Logits (B, T, V). With ``cache`` (a dict filled across calls), ``prev_tokens`` is the whole prefix and only
         its last position is computed."""
-        d = self.sample_dim
         if positions is None:
             positions = self.embed_positions.positions(prev_tokens)
         if cache is not None:
             prev_tokens, positions = prev_tokens[:, -1:], positions[:, -1:]
-        scale = 1.0 if self.opt.no_scale_embedding else math.sqrt(d)
-        emb = self.embed_tokens(prev_tokens, d)
-        x = scale * emb + self.embed_positions(prev_tokens, d, positions, dtype=emb.dtype)
+        emb = self.scaled_embedding(prev_tokens)
+        x = emb + self.embed_positions(prev_tokens, self.sample_dim, positions, dtype=emb.dtype)
         x = F.dropout(x, self.opt.dropout, self.training)
         t = x.size(1)
         self_mask = None if cache is not None else self.causal_mask[:t, :t].to(x.dtype)
         masks = {}
         for i in range(self.sample_layers):
-            k = max(self.arbitrary_ende_attn[i], 0) + 1
+            k = self.ende_layers(i)
             if k not in masks:
                 feed, pad = self.encoder_inputs(enc, i)
                 masks[k] = (feed, _additive_ok(~pad[:, None, None, :], x.dtype))
             feed, enc_mask = masks[k]
             layer_cache = None if cache is None else cache.setdefault(i, {})
             x = self.layers[i](x, self_mask, feed, enc_mask, layer_cache)
-        if self.layer_norm is not None:
-            x = self.layer_norm(x)
-        return x if features_only else self.output_layer(x)
+        if features_only:
+            return x if self.layer_norm is None else self.layer_norm(x)
+        return self.head(x)
 
 
 class SuperTransformer(nn.Module):
@@ -306,26 +340,9 @@ class SuperTransformer(nn.Module):
         return self
 
     def check_fits(self, cfg: SubConfig):
-        c = self.config
-        problems = []
-        if cfg.encoder_layer_num > c.encoder_layer_num:
-            problems.append(f"encoder-layer-num {cfg.encoder_layer_num} > {c.encoder_layer_num}")
-        if cfg.decoder_layer_num > c.decoder_layer_num:
-            problems.append(f"decoder-layer-num {cfg.decoder_layer_num} > {c.decoder_layer_num}")
-        if cfg.decoder_embed_dim > c.decoder_embed_dim:
-            problems.append(f"decoder-embed-dim {cfg.decoder_embed_dim} > {c.decoder_embed_dim}")
-        if cfg.encoder_embed_dim > c.encoder_embed_dim:
-            problems.append(f"encoder-embed-dim {cfg.encoder_embed_dim} > {c.encoder_embed_dim}")
-        if cfg.qkv_dim > c.qkv_dim:
-            problems.append(f"qkv-dim {cfg.qkv_dim} > {c.qkv_dim}")
-        for side in ("encoder", "decoder"):
-            have = getattr(c, f"{side}_ffn_embed_dim")
-            for i, v in enumerate(getattr(cfg, f"{side}_ffn_embed_dim")):
-                if i < len(have) and v > have[i]:
-                    problems.append(f"{side}-ffn-embed-dim[{i}] {v} > {have[i]}")
-        for v in cfg.decoder_arbitrary_ende_attn:
-            if v + 1 > cfg.encoder_layer_num:
-                problems.append(f"decoder-arbitrary-ende-attn {v} needs {v + 1} encoder layers")
+        """Raise ValueError listing every reason ``cfg`` cannot be sampled in this model: :meth:`SubConfig.fit_problems`
+        against the shape the model was built at."""
+        problems = cfg.fit_problems(self.config)
         if problems:
             raise ValueError("SubTransformer does not fit the model: " + "; ".join(problems))
 

@@ -11,88 +11,13 @@ backend the evo YAML names. Memory comes from the memory model at the deployed p
 from __future__ import annotations
 
 import csv
-import math
 import os
 import sys
 from typing import List, Optional
 
+from hat.args import add_evo_args, add_latency_args, backend_name, stage_context
 from hat.errors import ConfigError, HatError
-
-
-def add_evo_args(parser):
-    g = parser.add_argument_group("evolutionary search (HAT's keys + ours)")
-    names = {o for a in parser._actions for o in a.option_strings}
-    add = lambda flag, **kw: g.add_argument(flag, **kw) if flag not in names else None
-    add("--evo-configs", help="YAML with the search settings")
-    add("--evo-iter", type=int, default=30)
-    add("--population-size", type=int, default=125)
-    add("--parent-size", type=int, default=25)
-    add("--mutation-size", type=int, default=50)
-    add("--crossover-size", type=int, default=50)
-    add("--mutation-prob", type=float, default=0.3)
-    add("--evo-seed", type=int, default=1, help="seed of the evolution")
-    add("--ckpt-path", help="latency predictor checkpoint (latency_predictor.py)")
-    add("--feature-norm", type=float, nargs="+", help="HAT's; ignored: normalisation travels in the predictor")
-    add("--lat-norm", type=float, help="HAT's; ignored: normalisation travels in the predictor")
-    add("--write-config-path", help="where the best SubTransformer's YAML is written")
-    add("--latency-constraint", type=float, default=None, help="ms (predicted, or measured with latency-source)")
-    add("--memory-constraint", type=float, default=None, help="MB at memory-precision (weights + activations)")
-    add("--memory-precision", default="fp16", choices=["fp32", "fp16", "int8"], help="deployed precision")
-    add("--valid-cnt-max", type=int, default=int(1e9), help="validation batches per candidate")
-    add("--latency-source", default="predictor", choices=["predictor", "measure"])
-    add("--measure-top", type=int, default=5, help="with latency-source measure: final candidates re-measured")
-    add("--candidates-path", help="CSV of every evaluated candidate (default: next to write-config-path)")
-    add("--plot-path", help="PNG of loss vs latency (default: next to write-config-path)")
-    add("--state-path", help="search state for resuming (default: next to write-config-path)")
-
-
-class ValidLoss:
-    """Validation loss (base 2, per token, as fairseq reports it) of SubTransformers with inherited weights."""
-
-    def __init__(self, args):
-        import torch
-
-        from hat.generate import load_checkpoint
-
-        if not args.restore_file or not os.path.isfile(args.restore_file):
-            raise HatError(f"restore-file: SuperTransformer checkpoint not found: {args.restore_file}")
-        model, task, saved = load_checkpoint(args.restore_file, args.data)
-        if model.is_subtransformer:
-            raise HatError(f"{args.restore_file} holds one SubTransformer, not a SuperTransformer")
-        self.model, self.task = model, task
-        self.criterion = task.build_criterion(saved.criterion)
-        self.device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-        self.model.to(self.device).eval()
-        subset = args.valid_subset.split(",")[0]
-        task.load_dataset(subset)
-        itr = task.get_batch_iterator(
-            dataset=task.dataset(subset), max_tokens=args.max_tokens_valid or args.max_tokens,
-            max_sentences=args.batch_size_valid, required_batch_size_multiple=1, num_workers=0, seed=1,
-        ).next_epoch_itr(shuffle=False)
-        from fairseq import utils
-
-        self.batches = []
-        for i, sample in enumerate(itr):
-            if i >= args.valid_cnt_max:
-                break
-            self.batches.append(utils.move_to_cuda(sample) if self.device.type == "cuda" else sample)
-        if not self.batches:
-            raise HatError(f"the {subset} split of {args.data} is empty")
-
-    def __call__(self, cfgs) -> List[float]:
-        import torch
-
-        out = []
-        for cfg in cfgs:
-            self.model.set_sample_config(cfg)
-            loss = size = 0.0
-            with torch.no_grad():
-                for sample in self.batches:
-                    l, s, _ = self.criterion(self.model, sample)
-                    loss += float(l)
-                    size += float(s)
-            out.append(loss / size / math.log(2))
-        return out
+from hat.io import atomic_output, write_text
 
 
 def _default_path(args, suffix):
@@ -103,38 +28,24 @@ def _default_path(args, suffix):
 def write_yaml(cfg, path, header: str):
     import yaml
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(header)
-        yaml.safe_dump(cfg.to_hat_dict(), f, default_flow_style=None, sort_keys=False)
-    os.replace(tmp, path)
+    write_text(path, header + yaml.safe_dump(cfg.to_hat_dict(), default_flow_style=None, sort_keys=False))
 
 
 def write_candidates(evo, path, lat_source, mem_source):
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = path + ".tmp"
     rows = sorted(evo.evaluated.values(), key=lambda c: (c.loss, c.config.key()))
-    with open(tmp, "w", newline="") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["key", "gene", "config", "valid_loss", "latency_ms", "latency_source", "memory_mb", "memory_source"])
         for c in rows:
             w.writerow([c.config.key(), " ".join(map(str, c.gene)), c.config.to_json(), f"{c.loss:.5f}",
                         f"{c.values['latency']:.4f}", lat_source, f"{c.values['memory']:.4f}", mem_source])
-    os.replace(tmp, path)
 
 
 def plot(evo, path, lat_limit, best, lat_source):
-    import logging
-
-    import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from hat.plotting import pyplot, save
     from hat.search import pareto_front
+
+    plt = pyplot()
 
     cands = list(evo.evaluated.values())
     pts = [(c.values["latency"], c.loss) for c in cands]
@@ -151,20 +62,14 @@ def plot(evo, path, lat_limit, best, lat_source):
     ax.set_ylabel("validation loss (inherited weights)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save(fig, path)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     from tqdm import tqdm
 
-    from hat.checkpoint import options_from_args, space_from_args
-    from hat.fairseq_plugin.models import base_architecture
-    from hat.latency.run import add_latency_args, protocol_of, vocab_size
+    from hat.fairseq_plugin.args import build_args
     from hat.search import Constraint, EvoParams, Evolution
-    from hat.train import build_args
 
     argv = sys.argv[1:] if argv is None else argv
 
@@ -173,8 +78,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         add_evo_args(parser)
 
     args = build_args(argv, extra_parser_hook=hook, extra_config_flags=("--evo-configs",))
-    base_architecture(args)
-    space = space_from_args(args, source=args.configs or "command line")
     if not args.write_config_path:
         raise ConfigError("write-config-path is required (where the winner's YAML goes)")
     if args.latency_constraint is None and args.memory_constraint is None:
@@ -184,9 +87,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from hat import memory
     from hat.predictor import LatencyPredictor
 
-    vocab = vocab_size(args)
-    opt = options_from_args(args, vocab, vocab)
-    protocol = protocol_of(args)
+    ctx = stage_context(args)
+    space, opt, protocol = ctx.space, ctx.options, ctx.protocol
     predictor = None
     if args.latency_constraint is not None or args.ckpt_path:
         if not args.ckpt_path:
@@ -207,6 +109,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     state_path = args.state_path or _default_path(args, ".search_state.json")
     evo = Evolution(space, None, constraints, params, state_path=state_path, log=lambda s: tqdm.write(s))
     evo.check_feasible()
+
+    from hat.fairseq_plugin.valid_loss import ValidLoss
 
     evo.fitness = ValidLoss(args)
     bar = tqdm(total=params.evo_iter, unit="iter", desc="evolution", file=sys.stderr)
@@ -232,10 +136,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _remeasure(evo, args, opt, protocol):
     """Measure the best feasible candidates on the configured backend and keep the best one that still fits."""
+    from hat.latency import backends
     from hat.latency.protocol import measure
-    from hat.latency.run import backend_name, make_backend
 
-    backend = make_backend(backend_name(args), args, opt, protocol)
+    backend = backends.make(backend_name(args), args, opt, protocol)
     ranked = sorted(evo.evaluated.values(), key=lambda c: (c.loss, c.config.key()))[: args.measure_top]
     for c in ranked:
         m = measure(backend, c.config, protocol)

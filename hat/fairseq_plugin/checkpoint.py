@@ -1,0 +1,79 @@
+"""Checkpoints through fairseq: loading a model WITH its task (validation loss, generation) and writing the stripped
+file that fairseq's loader still accepts. Reading one with torch alone is :func:`hat.checkpoint.load_model`."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import torch
+
+from hat.checkpoint import load_model
+from hat.errors import CheckpointError
+from hat.io import atomic_output
+
+
+def load_checkpoint(path: str, data: str):
+    """(model, task, saved cfg) from a fairseq checkpoint of ``transformersuper``; one clear error if unusable."""
+    from hat.fairseq_plugin.args import quiet_fairseq_imports
+
+    if not path or not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    quiet_fairseq_imports()
+    from fairseq import checkpoint_utils
+
+    import hat.fairseq_plugin  # noqa: F401  (registers transformersuper / translation_hat)
+    try:
+        models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, torch.serialization.pickle.UnpicklingError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"cannot load checkpoint {path}: {msg}") from None
+    model = models[0]
+    if not hasattr(model, "set_sample_config"):
+        raise CheckpointError(f"{path} is not a transformersuper checkpoint")
+    return model, task, saved_cfg
+
+
+def choose_config(model, wanted, source: str):
+    """The SubTransformer to evaluate: ``wanted`` (from the YAML/flags, or None), checked against the checkpoint."""
+    if model.is_subtransformer:
+        own = model.core.config
+        if wanted is not None and wanted != own:
+            raise CheckpointError(
+                f"{source} describes SubTransformer {wanted.key()} but the checkpoint holds {own.key()}"
+            )
+        return own
+    if wanted is None:
+        print("| no SubTransformer config given: evaluating the largest SubTransformer of the space", file=sys.stderr)
+        return model.space.largest()
+    try:
+        model.core.check_fits(wanted)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    return wanted
+
+
+def strip_checkpoint(src: str, dst: str, dtype: Optional[torch.dtype] = torch.float32) -> int:
+    """Write ``src`` without optimizer state (model weights + the config it was built from) to ``dst``, atomically.
+
+    The result loads with :func:`load_model`, ``evo_search.py --restore-file`` and ``train.py --inherit-from``; it does
+    not resume training. Returns the number of bytes written.
+    """
+    load_model(src)  # one clear error for anything that is not a transformersuper checkpoint
+    state = torch.load(src, map_location="cpu", weights_only=False)
+    model, done = {}, {}
+    for k, v in state["model"].items():  # tensors that share storage (tied embeddings) stay shared in the file
+        key = (v.data_ptr(), tuple(v.shape), v.dtype)
+        if key not in done:
+            done[key] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
+        model[k] = done[key]
+    # fairseq's loader (generate.py, evo_search.py) reads optimizer_history and extra_state: both are small
+    keep = {k: state[k] for k in ("cfg", "args", "optimizer_history", "extra_state") if k in state}
+    keep["model"] = model
+    keep.setdefault("optimizer_history", [{"criterion_name": "LabelSmoothedCrossEntropyCriterion",
+                                           "optimizer_name": "Adam", "lr_scheduler_state": {"best": None},
+                                           "num_updates": int(keep.get("extra_state", {}).get("num_updates") or 0)}])
+    keep["extra_state"] = dict(keep.get("extra_state") or {}, stripped_from=os.path.basename(src))
+    with atomic_output(dst) as tmp:
+        torch.save(keep, tmp)
+    return os.path.getsize(dst)
