@@ -8,7 +8,6 @@ which run without fairseq). The fairseq plugin registers the same model keys and
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence
 

@@ -21,8 +21,6 @@ name -> kind, url (or gdrive_id), filename, sha256, size. Rules:
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import os
 import shutil

@@ -25,12 +25,10 @@ the table, not invented.
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import importlib
 import os
 import re
-import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from hat.errors import ConfigError, HatError
 from hat.io import write_json
-from hat.space import SearchSpace, SubConfig
+from hat.space import SearchSpace, SubConfig, clamp_ende_attn
 
 
 @dataclass
@@ -84,7 +84,7 @@ class GeneCodec:
         dec_embed, dec_layers = take(2)
         dec_ffn, dec_heads, ende_heads, arb = take(d), take(d), take(d), take(d)
         (qkv,) = take(1)
-        arb = [a if a + 1 <= enc_layers else -1 for a in arb[:dec_layers]]
+        arb = clamp_ende_attn(arb[:dec_layers], enc_layers)
         return SubConfig(
             encoder_embed_dim=enc_embed, decoder_embed_dim=dec_embed, encoder_layer_num=enc_layers,
             decoder_layer_num=dec_layers, encoder_ffn_embed_dim=tuple(enc_ffn[:enc_layers]),

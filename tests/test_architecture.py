@@ -2,7 +2,6 @@
 imports included), no library importing a stage, fairseq only in the plugin layer, a torch/numpy-only core, top-level
 scripts that are shims of their stage, and no second copy of the ground-floor helpers."""
 import ast
-import os
 import re
 from pathlib import Path
 

@@ -28,7 +28,6 @@ Read it back with :func:`load_corpus`.  Only the standard library is used.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import hashlib

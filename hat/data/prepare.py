@@ -22,8 +22,6 @@ back into text with the sentencepiece model, for BLEU against ``<dest>/raw/test.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import importlib.util
 import io
 import json

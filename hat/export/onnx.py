@@ -14,10 +14,8 @@ Each graph is checked before it is moved into place: no op the NPU lacks (:data:
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
-import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -314,67 +312,6 @@ def export_model(model, onnx_dir: str, name: str, s: ExportSettings, parts=("enc
     return result
 
 
-# ---- command line -----------------------------------------------------------------------------------------------------
-def add_export_args(parser: argparse.ArgumentParser) -> None:
-    """Keys shared by convert2onnx.py and convert2rknn.py (one convert_onnx/common.yml serves both), plus the
-    SubTransformer keys so that an architecture YAML can be passed with --configs."""
-    from hat.space import SUB_KEYS
-
-    g = parser.add_argument_group("export (configs/<task>/convert_onnx/*.yml)")
-    g.add_argument("--model-path", help="train.py checkpoint (SubTransformer's own, or a SuperTransformer's)")
-    g.add_argument("--onnx-dir", default="onnx", help="where <name>_enc.onnx / <name>_dec.onnx (+ .json) go")
-    g.add_argument("--name", help="export name (default: sub-<SubTransformer config key>)")
-    g.add_argument("--batch-size", type=int, default=1, help="sentences per encoder call (static)")
-    g.add_argument("--src-len", type=int, default=32, help="source tokens per sentence incl. EOS (static)")
-    g.add_argument("--tgt-len", type=int, default=32,
-                   help="decoder cache slots = most target tokens incl. EOS (static)")
-    g.add_argument("--beam", type=int, default=4, help="hypotheses per sentence; decoder rows = batch-size * beam")
-    g.add_argument("--lenpen", type=float, default=1.0, help="length penalty recorded for the decoding loop")
-    g.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 14)")
-    g.add_argument("--simplify", default="auto", choices=["auto", "no"],
-                   help="auto: run onnxslim/onnxsim if installed")
-    r = parser.add_argument_group("RKNN (convert2rknn.py)")
-    r.add_argument("--target-platform", default="rk3588", help="rk3588 (default), rk3576, rk3566, rk3568, rk3562")
-    r.add_argument("--precision", default="fp16", choices=["fp16", "int8"], help="fp16 (default) or int8")
-    r.add_argument("--rknn-dir", help="where .rknn files go (default: onnx-dir)")
-    r.add_argument("--data", help="binarized data dir (int8 calibration and sample inputs from its valid split)")
-    r.add_argument("--calib-split", default="valid", help="split the calibration set is drawn from")
-    r.add_argument("--calib-size", type=int, default=16, help="calibration samples per graph (int8)")
-    r.add_argument("--source-lang", help="default: inferred from the data dir's file names")
-    r.add_argument("--target-lang", help="default: inferred from the data dir's file names")
-    h = parser.add_argument_group("SubTransformer (HAT keys, usually from --configs=<arch>.yml)")
-    for key in SUB_KEYS:
-        if "-all-" in key:
-            h.add_argument("--" + key, type=int, nargs="+", metavar="N")
-        else:
-            h.add_argument("--" + key, type=int, metavar="N")
-
-
-def settings_from_args(args) -> ExportSettings:
-    return ExportSettings(batch_size=args.batch_size, src_len=args.src_len, tgt_len=args.tgt_len, beam=args.beam,
-                          opset=args.opset, simplify=args.simplify, lenpen=args.lenpen)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from hat.config import stage_parser
-
-    p = stage_parser("Export a trained SubTransformer to static-shape ONNX (encoder + one decoder step).")
-    p.add_argument("--configs", help="SubTransformer YAML (HAT *-subtransformer keys) or export YAML")
-    p.add_argument("--sub-configs", help="export YAML (configs/<task>/convert_onnx/common.yml)")
-    p.add_argument("--enc", action="store_true", help="export the encoder only")
-    p.add_argument("--dec", action="store_true", help="export the decoder step only")
-    add_export_args(p)
-    return p
-
-
-def parts_from_args(args) -> Tuple[str, ...]:
-    if args.enc and not args.dec:
-        return ("enc",)
-    if args.dec and not args.enc:
-        return ("dec",)
-    return ("enc", "dec")
-
-
 @contextlib.contextmanager
 def torch_threads(n: int = 1):
     """The graphs are small: one thread avoids OpenMP oversubscription on a shared machine (and is what the
@@ -387,21 +324,3 @@ def torch_threads(n: int = 1):
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    from hat.checkpoint import sub_config_from_args
-    from hat.config import parse_stage
-
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_stage(build_parser(), argv, ("--configs", "--sub-configs"))
-    source = args.configs or args.sub_configs or "command line"
-    wanted = sub_config_from_args(args, source=source)
-    with torch_threads(1):
-        model, cfg = select_model(args.model_path, wanted, source)
-        s = settings_from_args(args)
-        name = args.name or f"sub-{cfg.key()}"
-        print(f"| SubTransformer {cfg.key()} from {args.model_path}: batch {s.batch_size}, beam {s.beam}, "
-              f"src-len {s.src_len}, tgt-len {s.tgt_len}, opset {s.opset}")
-        export_model(model, args.onnx_dir, name, s, parts_from_args(args), checkpoint=args.model_path)
-    return 0

@@ -20,11 +20,9 @@ given in the sidecar; int64 inputs are token ids and positions (embedding gather
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
