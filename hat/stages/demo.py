@@ -26,14 +26,14 @@ The recipe is :mod:`hat.pipeline.recipe`, the stage runner :mod:`hat.pipeline.ru
 """
 from __future__ import annotations
 
-import argparse
 from typing import List, Optional
 
+from hat.config import stage_parser
 from hat.pipeline.recipe import PROFILES, DemoRecipe
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hat.demo", description=__doc__.splitlines()[0])
+    ap = stage_parser(__doc__.splitlines()[0], prog="python -m hat.demo")
     ap.add_argument("--task-dir", default="configs/demo.de-en", help="configs/<task> laid out as HAT's")
     ap.add_argument("--space", default="space0", help="supertransformer/<space>.yml")
     ap.add_argument("--baseline", default="baseline", help="subtransformer/<baseline>.yml: the hand-sized model")
