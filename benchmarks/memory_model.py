@@ -145,7 +145,8 @@ def main(argv=None):
         skip = {c.key() for c in calib}
         cfgs = [c for c in sample_configs(space, n + len(skip), VALIDATION_SEED) if c.key() not in skip][:n]
     work = work or tempfile.mkdtemp(prefix="hat-memory-model-")
-    print(f"| {len(cfgs)} {'calibration' if calibrate else 'validation'} configs of {space.source if hasattr(space, 'source') else 'the space'}; "
+    kind = "calibration" if calibrate else "validation"
+    print(f"| {len(cfgs)} {kind} configs of {getattr(space, 'source', None) or 'the space'}; "
           f"vocab {ctx.options.src_vocab}, src {protocol.src_len}, tgt {protocol.tgt_len}, beam {protocol.beam}; "
           f"exports in {work}", flush=True)
     t0 = time.time()
@@ -173,8 +174,8 @@ def main(argv=None):
           f"({s['within_goal_share']:.0%}); goal {'MET' if s['goal_met'] else 'NOT MET'}")
     print(f"| measured {s['measured_mb_range'][0]:.2f}–{s['measured_mb_range'][1]:.2f} MB; the old fairseq-style "
           f"estimate (fp32): mean |error| {s['fairseq_model_mean_abs_error_pct']:.1f} %, max "
-          f"{s['fairseq_model_max_abs_error_pct']:.1f} %; the model vs the untrimmed load peak (glibc keeping the freed "
-          f"protobuf): mean |error| {s['vs_untrimmed_load_peak_mean_abs_error_pct']:.1f} %, max "
+          f"{s['fairseq_model_max_abs_error_pct']:.1f} %; the model vs the untrimmed load peak (glibc keeping the "
+          f"freed protobuf): mean |error| {s['vs_untrimmed_load_peak_mean_abs_error_pct']:.1f} %, max "
           f"{s['vs_untrimmed_load_peak_max_abs_error_pct']:.1f} %")
     print(f"| raw: {os.path.join(out, 'validation.csv')}, {os.path.join(out, 'validation.json')}")
     return 0 if s["goal_met"] else 1

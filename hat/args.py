@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence
 
 from hat.errors import ConfigError
+from hat.latency.protocol import ESTIMATORS, Protocol
 from hat.space import CHOICE_KEYS, SUB_KEYS, SUPER_KEYS, SearchSpace, SubConfig
 
 # ---- the model: architectures and their defaults -----------------------------------------------------------------
@@ -132,13 +133,20 @@ def add_latency_args(parser) -> None:
     add("--latcpu", action="store_true", help="measure on the CPU with torch (HAT)")
     add("--latgpu", action="store_true", help="measure on the GPU with torch (HAT)")
     add("--latnpu", action="store_true", help="measure a converted RKNN model on the board")
-    add("--latiter", type=int, default=20, help="timed runs per SubTransformer (HAT)")
+    add("--latiter", type=int, default=None, help="timed runs per SubTransformer (HAT; protocol default 20)")
     add("--latsilent", action="store_true", help="no per-run printing (HAT)")
-    add("--lat-warmup", type=int, default=5, help="untimed runs before timing")
-    add("--lat-trim", type=float, default=0.1, help="share of fastest and of slowest runs dropped")
-    add("--lat-src-len", type=int, default=30, help="source length of the dummy sentence (HAT: 30 WMT, 23 IWSLT)")
-    add("--lat-tgt-len", type=int, default=30, help="decoder steps per run")
-    add("--lat-threads", type=int, default=None, help="CPU threads for cpu/onnxruntime backends")
+    add("--lat-warmup", type=int, default=None, help="untimed runs before timing (protocol default 5)")
+    add("--lat-trim", type=float, default=None,
+        help="trimmed-mean: share of fastest and of slowest runs dropped (protocol default 0.1)")
+    add("--lat-estimator", choices=ESTIMATORS, default=None,
+        help="one latency from the timed runs (protocol default: see hat/latency/protocol.py)")
+    add("--lat-pin", action="store_true", default=None, help="pin the measuring process to one core")
+    add("--lat-src-len", type=int, default=None,
+        help="source length of the dummy sentence (HAT: 30 WMT, 23 IWSLT; protocol default 30)")
+    add("--lat-tgt-len", type=int, default=None, help="decoder steps per run (protocol default 30)")
+    add("--lat-threads", type=int, default=None, help="intra-op threads for cpu/onnxruntime (default: all cores)")
+    add("--lat-workers", type=int, default=1,
+        help="latency_dataset.py: measuring processes, each pinned to its own core (needs lat-pin)")
     add("--lat-vocab-size", type=int, default=None, help="vocabulary size when the data dir has no dictionary")
     add("--lat-dataset-path", default="latency_dataset/lat.csv", help="CSV to write (appended row by row)")
     add("--lat-dataset-size", type=int, default=200, help="number of sampled SubTransformers")
@@ -178,11 +186,42 @@ def backend_name(args) -> str:
     raise ConfigError("choose a backend: latency-backend (cpu, gpu, onnxruntime, npu, npu-adb), latcpu or latgpu")
 
 
-def protocol_of(args):
-    from hat.latency.protocol import Protocol
+# protocol field -> the flag (dest) that sets it
+PROTOCOL_FLAGS = {"src_len": "lat_src_len", "tgt_len": "lat_tgt_len", "beam": "beam", "warmup": "lat_warmup",
+                  "repeats": "latiter", "trim": "lat_trim", "estimator": "lat_estimator", "threads": "lat_threads",
+                  "pin": "lat_pin"}
 
-    return Protocol(src_len=args.lat_src_len, tgt_len=args.lat_tgt_len, beam=int(getattr(args, "beam", 4) or 4),
-                    warmup=args.lat_warmup, repeats=args.latiter, trim=args.lat_trim)
+
+def given(args) -> set:
+    """The dests the user set (a YAML key or a flag), as recorded by both parsers; defaults are not 'given'."""
+    return set(getattr(args, "given_keys", ()) or ())
+
+
+def protocol_overrides(args) -> dict:
+    """Protocol fields the YAML files or flags set explicitly."""
+    g = given(args)
+    out = {field: getattr(args, dest) for field, dest in PROTOCOL_FLAGS.items()
+           if dest in g and getattr(args, dest, None) is not None}
+    if out.get("beam") is not None:
+        out["beam"] = int(out["beam"])
+    return out
+
+
+def protocol_of(args):
+    """The measuring protocol the latency keys describe (the protocol's defaults for what they leave unset; fairseq's
+    own beam default is not taken: the protocol's beam is HAT's 4 unless ``beam`` is given)."""
+    return Protocol(**protocol_overrides(args))
+
+
+def check_protocol(args, protocol, what: str) -> None:
+    """The protocol to use comes from ``what`` (a predictor checkpoint, a dataset); a latency key the user set to
+    another value is an error, not silently overridden."""
+    wanted = protocol_overrides(args)
+    diff = [f"{PROTOCOL_FLAGS[k].replace('_', '-')} {v!r} vs {getattr(protocol, k)!r}" for k, v in wanted.items()
+            if getattr(protocol, k) != v]
+    if diff:
+        raise ConfigError(f"the latency keys differ from the protocol of {what} ({'; '.join(diff)}): measure with "
+                          f"that protocol (drop those keys) or build a dataset and predictor with yours")
 
 
 # ---- evolutionary search -----------------------------------------------------------------------------------------
@@ -206,8 +245,10 @@ def add_evo_args(parser):
     add("--memory-constraint", type=float, default=None, help="MB at memory-precision (weights + activations)")
     add("--memory-precision", default="fp16", choices=["fp32", "fp16", "int8"], help="deployed precision")
     add("--valid-cnt-max", type=int, default=int(1e9), help="validation batches per candidate")
-    add("--latency-source", default="predictor", choices=["predictor", "measure"])
-    add("--measure-top", type=int, default=5, help="with latency-source measure: final candidates re-measured")
+    add("--latency-source", default=None, choices=["predictor", "measure"],
+        help="the winner's check: measure (default where the predictor's backend runs here) re-measures the best "
+             "candidates with the predictor's protocol and keeps the best that fits; predictor trusts the prediction")
+    add("--measure-top", type=int, default=5, help="candidates re-measured (best validation loss first)")
     add("--candidates-path", help="CSV of every evaluated candidate (default: next to write-config-path)")
     add("--plot-path", help="PNG of loss vs latency (default: next to write-config-path)")
     add("--state-path", help="search state for resuming (default: next to write-config-path)")
@@ -231,12 +272,7 @@ def stage_context(args, source: Optional[str] = None) -> StageContext:
     space = space_from_args(args, source=source)
     sub = sub_config_from_args(args, source=source)
     vocab = vocab_size(args)
-    if not hasattr(args, "lat_src_len"):  # a parser without the latency keys: the protocol's defaults
-        from hat.latency.protocol import Protocol
-
-        protocol = Protocol(beam=int(getattr(args, "beam", 4) or 4))
-    else:
-        protocol = protocol_of(args)
+    protocol = protocol_of(args)
     return StageContext(space=space, options=options_from_args(args, vocab, vocab), protocol=protocol,
                         sub_config=sub, vocab=vocab)
 
@@ -266,7 +302,7 @@ def parse_args(argv: Sequence[str], description: str, hooks: Sequence[Callable] 
     Knows the model keys, ``arch``, ``data`` (positional or key), languages, ``beam``, ``cpu`` and what ``hooks``
     add; fairseq's training keys (:data:`IGNORED_FAIRSEQ_KEYS`) are accepted and ignored; any other key is one
     :class:`ConfigError` naming the key and its file."""
-    from hat.config import Loaded, parser_option_names, split_config_flags, stage_parser, to_argv
+    from hat.config import Loaded, given_dests, parser_option_names, split_config_flags, stage_parser, to_argv
 
     found, cli = split_config_flags(argv, config_flags)
     loaded = Loaded([found.get(f.lstrip("-").replace("-", "_")) for f in config_flags])
@@ -296,6 +332,7 @@ def parse_args(argv: Sequence[str], description: str, hooks: Sequence[Callable] 
         args.data = args.data_flag
     del args.data_flag
     args.data = args.data or "."
+    args.given_keys = sorted(given_dests(values, cli))
     for c in config_flags:
         setattr(args, c.lstrip("-").replace("-", "_"), found.get(c.lstrip("-").replace("-", "_")))
     return args

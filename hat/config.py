@@ -107,6 +107,13 @@ class Loaded:
                 raise ConfigError(f"unknown key '{key}' in {path}")
 
 
+def given_dests(values: Dict[str, object], cli: Sequence[str]) -> set:
+    """The argparse dests a user set: the YAML keys and the ``--flags`` on the command line (not defaults)."""
+    out = {k.replace("-", "_") for k in values}
+    out |= {t[2:].split("=", 1)[0].replace("-", "_") for t in cli if t.startswith("--")}
+    return out
+
+
 def parser_option_names(parser: argparse.ArgumentParser) -> List[str]:
     names = []
     for action in parser._actions:
@@ -149,6 +156,7 @@ def parse_stage(parser: argparse.ArgumentParser, argv: Sequence[str], config_fla
     loaded.check_known(parser_option_names(parser))
     yaml_argv, _ = to_argv(loaded.values)
     args = parser.parse_args(yaml_argv + rest)
+    args.given_keys = sorted(given_dests(loaded.values, rest))
     for f in config_flags:
         setattr(args, f.lstrip("-").replace("-", "_"), found.get(f.lstrip("-").replace("-", "_")))
     return args

@@ -23,6 +23,7 @@ Only torch and numpy are imported (scikit-learn baselines, progress bars and plo
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -168,6 +169,13 @@ def read_dataset(path: str, space: Optional[SearchSpace] = None, feature_dim: Op
                               f"{space.source} ({lo[c]:g}..{hi[c]:g})")
     if len(data.sources) > 1:
         raise ConfigError(f"{path} mixes latencies from {', '.join(data.sources)}: one predictor per source")
+    if len(data.protocols) > 1:
+        from hat.latency.protocol import Protocol
+
+        a, b = (Protocol.from_json(p) for p in data.protocols[:2])
+        why = a.mismatch(b) or f"machine {a.machine!r} vs {b.machine!r}"
+        raise ConfigError(f"{path} mixes {len(data.protocols)} measuring protocols ({why}): one predictor per "
+                          f"protocol")
     return dataclasses.replace(data, features=x, feature_names=tuple(names))
 
 
@@ -344,6 +352,7 @@ def _train(data, space, p, on_progress):
         "norm_source": norm_source,
         "dataset": data.path,
         "source": data.source,
+        "protocol": json.loads(data.protocols[0]) if len(data.protocols) == 1 else None,
         "layout": data.layout,
         "split_seed": p.seed,
         "split_fractions": list(p.split),
@@ -382,6 +391,14 @@ class LatencyPredictor:
     @property
     def source(self) -> str:
         return str(self.meta.get("source"))
+
+    @property
+    def protocol(self):
+        """The measuring protocol of the dataset it was trained on (None for HAT's CSVs and older datasets)."""
+        from hat.latency.protocol import Protocol
+
+        d = self.meta.get("protocol")
+        return Protocol.from_dict(d, source="predictor checkpoint") if d else None
 
     # -- prediction -----------------------------------------------------------------------------------------------
     def predict_features(self, rows) -> np.ndarray:

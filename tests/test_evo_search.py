@@ -17,8 +17,8 @@ def parts(demo_data, tmp_path_factory):
     d = tmp_path_factory.mktemp("evo")
     train_tiny_super(demo_data, d / "super")
     r = run_script("latency_dataset.py", f"--configs={TINY}", "--data", demo_data, "--latency-backend", "cpu",
-                   "--lat-dataset-path", str(d / "lat.csv"), "--lat-dataset-size", "12", "--latiter", "1",
-                   "--lat-warmup", "0", "--lat-src-len", "6", "--lat-tgt-len", "4", "--latsilent")
+                   "--lat-dataset-path", str(d / "lat.csv"), "--lat-dataset-size", "12", "--latiter", "5",
+                   "--lat-warmup", "1", "--lat-estimator", "min", "--lat-src-len", "6", "--lat-tgt-len", "4", "--latsilent")
     assert r.returncode == 0, r.stderr[-2000:]
     from hat.config import load_yaml
     from hat.predictor import TrainParams, read_dataset, train
@@ -70,3 +70,39 @@ def test_infeasible_memory_budget_stops_before_reading_data(parts, tmp_path):
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith("error: infeasible constraints") and "smallest the space allows" in line and "memory" in line
     assert not (tmp_path / "w.yml").exists()
+
+
+def _winner(d, data, tag, lat, mem):
+    from hat.config import load_yaml
+    from hat.space import SubConfig
+
+    out = d / tag / "best.yml"
+    r = _search(d, data, "--write-config-path", str(out), "--latency-constraint", str(lat), "--memory-constraint",
+                str(mem), "--measure-top", "30")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {row["key"]: row for row in csv.DictReader(open(d / tag / "best.candidates.csv"))}
+    key = SubConfig.from_hat_dict(load_yaml(str(out))).key()
+    return key, rows[key], rows
+
+
+@pytest.mark.slow
+def test_tightening_either_constraint_changes_the_winner_which_fits_both_when_measured(parts):
+    """Real predictor, real memory model, re-measured winner: a tighter latency budget, and separately a tighter
+    memory budget, each give another winner, and every winner's MEASURED latency and modelled memory fit."""
+    d, data = parts
+    w0, row0, rows0 = _winner(d, data, "loose", 1e6, 100)
+    assert row0["measured_latency_source"] == "measured:cpu" and row0["fits_measured"] == "yes"
+    lat0, mem0 = float(row0["latency_ms"]), float(row0["memory_mb"])  # what the search sees: predicted, modelled
+    fastest = min(float(r["latency_ms"]) for r in rows0.values())
+    assert fastest < lat0
+    lat_cap = round((lat0 + fastest) / 2, 4)  # the loose winner is over it, the fastest candidate under it
+    w1, row1, _ = _winner(d, data, "tight_latency", lat_cap, 100)
+    assert w1 != w0
+    assert float(row1["measured_latency_ms"]) <= lat_cap and float(row1["memory_mb"]) <= 100
+    mem_cap = round(0.9 * mem0, 4)
+    w2, row2, _ = _winner(d, data, "tight_memory", 1e6, mem_cap)
+    assert w2 != w0
+    assert float(row2["memory_mb"]) <= mem_cap and float(row2["measured_latency_ms"]) <= 1e6
+    # every row says where its numbers come from
+    assert {r["latency_source"] for r in rows0.values()} == {"predicted"}
+    assert all(r["memory_source"].startswith("memory model") for r in rows0.values())

@@ -93,13 +93,71 @@ def test_dataset_resumes_after_a_killed_run_without_losing_rows(tmp_path):
     assert 2 <= len(first) < 6, "killed while measuring"
     with open(out, "a") as f:
         f.write('abc123,"{""torn')  # a torn line, as a kill in the middle of a write leaves
+    # the same file measured another way: refused in one line, nothing written
+    before = out.read_bytes()
     r = run_script("latency_dataset.py", f"--configs={TINY}", "--lat-dataset-path", str(out), "--lat-dataset-size", "6")
+    assert r.returncode == 2 and "another protocol (repeats 40 vs 3)" in r.stderr and out.read_bytes() == before
+    r = run_script("latency_dataset.py", f"--configs={TINY}", "--lat-dataset-path", str(out), "--lat-dataset-size", "6",
+                   "--latiter", "40")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = read_rows(str(out))
     assert len(rows) == 6 and len({row["key"] for row in rows}) == 6
+    assert len({row["protocol"] for row in rows}) == 1 and json.loads(rows[0]["protocol"])["repeats"] == 40
     assert rows[: len(first)] == first, "finished rows are kept as they were"
     assert all(row["source"] == "measured:cpu" and float(row["latency_mean_encoder"]) > 0 for row in rows)
     json.loads(rows[0]["config"])  # the config is JSON
+
+
+def _write_rows(path, n=4):
+    from hat.latency.dataset import DatasetWriter
+
+    space = SearchSpace.from_dict(load_yaml(TINY))
+    w = DatasetWriter(str(path))
+    p = Protocol(repeats=3).at("cpu", "torch test", "test machine")
+    lat = {"latency_mean_encoder": 1.0, "latency_mean_decoder": 2.0, "latency_std_encoder": 0.1,
+           "latency_std_decoder": 0.2}
+    rng = __import__("random").Random(0)
+    for cfg in [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(n)]:
+        if cfg.key() not in w.done and len(w.done) < n:
+            w.add(cfg, lat, {}, "cpu", "measured:cpu", p)
+    return p
+
+
+def test_a_damaged_row_in_the_middle_is_refused_not_dropped(tmp_path):
+    """Issue 15: a malformed row that is not the last one stops the run in one line; the file is not rewritten."""
+    from hat.errors import ConfigError
+    from hat.latency.dataset import DatasetWriter
+
+    out = tmp_path / "lat.csv"
+    _write_rows(out)
+    lines = out.read_text().splitlines(keepends=True)
+    lines[2] = lines[2][: lines[2].rindex(',"{')] + "\n"  # drop the last field (the protocol) of data row 2
+    out.write_text("".join(lines))
+    before = out.read_bytes()
+    with pytest.raises(ConfigError, match="line 3: incomplete or damaged row"):
+        DatasetWriter(str(out))
+    assert out.read_bytes() == before
+
+
+def test_a_torn_or_unterminated_last_row_is_not_merged_with_the_next(tmp_path):
+    from hat.latency.dataset import DatasetWriter, read_rows
+
+    out = tmp_path / "lat.csv"
+    p = _write_rows(out)
+    text = out.read_text()
+    out.write_text(text[:-25])  # cut inside the last row's protocol JSON, no newline: a torn row
+    assert len(DatasetWriter(str(out)).rows) == 3
+    _write_rows(out, 5)  # the torn row is dropped, then the missing rows are appended, each on its own line
+    rows = read_rows(str(out))
+    assert len(rows) == 5 and all(r["protocol"].endswith("}") for r in rows)
+    out.write_text(text.rstrip("\n"))  # a complete last row without its newline
+    assert len(DatasetWriter(str(out)).rows) == 4
+    _write_rows(out, 5)
+    assert len(read_rows(str(out))) == 5
+    w = DatasetWriter(str(out))
+    w.check_protocol(p)
+    with pytest.raises(Exception, match="another protocol"):
+        w.check_protocol(Protocol(repeats=4).at("cpu", "torch test", "test machine"))
 
 
 def test_unknown_key_in_latency_config(tmp_path):

@@ -8,7 +8,7 @@ import io
 import os
 from typing import Sequence
 
-from hat.config import Loaded, parser_option_names, split_config_flags, to_argv
+from hat.config import Loaded, given_dests, parser_option_names, split_config_flags, to_argv
 from hat.errors import ConfigError
 
 DEFAULT_TASK = "translation_hat"
@@ -145,6 +145,7 @@ def build_args(argv: Sequence[str], extra_parser_hook=None, data_optional: bool 
         raise ConfigError(f"no data directory: set 'data' in the YAML or give the data dir (config files read: "
                           f"{given})")
     args.configs, args.sub_configs = found.get("configs"), found.get("sub_configs")
+    args.given_keys = sorted(given_dests(values, cli))
     if not getattr(args, "user_dir", None):
         # spawned distributed workers import the plugin through fairseq's own --user-dir mechanism
         args.user_dir = PLUGIN_DIR

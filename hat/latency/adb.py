@@ -2,7 +2,32 @@
 
 ``init_runtime(target=...)`` over adb: ``eval_perf()`` gives the board's own time of one encoder call and of one
 decoder step, and ``eval_memory()`` the model's memory on the board (:func:`perf_total_us` and
-:func:`memory_total_bytes` read them from what the toolkit returns or prints). Source ``measured:board-adb``.
+:func:`memory_total_bytes` read them from what the toolkit returns). The encoder figure is measured; the decoder
+figure is ONE measured step times ``tgt_len`` (the step graph has fixed shapes, so every step costs the same, but
+the figure is an extrapolation, not a decode loop): rows carry the source ``extrapolated:board-adb``.
+``hat/latency/board.py`` (the ``npu`` backend) runs the real decode loop on the board instead.
+
+What rknn-toolkit2 2.5.0 returns (``rknn/api/rknn.py`` of the installed wheel; the return values below were checked
+by running the toolkit's own compiled ``RKNNBase.eval_perf`` / ``eval_memory`` against a stand-in runtime, since no
+board is at hand):
+
+* ``RKNN.eval_perf(is_print=True, fix_freq=True)`` (rknn.py lines 295-302) is documented as returning
+  "Performance Result (dict)" (line 300); ``RKNNBase`` builds such a dict as ``{'string': <report>, 'layers': {...},
+  'total_time': ...}`` (``_collect_hardware_perf_detail``), but what ``eval_perf`` itself returns in 2.5.0 is the
+  report text: the CPU/NPU/DDR frequency lists, then ``Total Time(us): N`` and ``FPS: F`` when the runtime was
+  initialised with ``perf_debug=False``, or the runtime's per-layer table ending with ``Total Operator Elapsed Per
+  Frame Time(us): N`` when ``perf_debug=True``. Per-layer times need ``init_runtime(perf_debug=True)`` (with it off the
+  toolkit says "You can set perf_debug to True in init_runtime to get more detail performance information!"), and
+  with it on it warns "The performance result is just for debugging, may worse than actual performance!". So the
+  timed runtime keeps ``perf_debug=False`` and reads ``Total Time(us)``; :meth:`AdbBackend.profile_layers` opens a
+  separate ``perf_debug=True`` runtime for the per-layer table, which is saved, never used as the latency.
+  :func:`perf_total_us` reads both the text and the documented dict.
+* ``RKNN.eval_memory(is_print=True)`` (rknn.py lines 304-310, "memory_detail (Dict)", line 308) returns
+  ``{'weight_memory': B, 'internal_memory': B, 'other_memory': B, 'total_memory': B}`` in bytes (ints); it needs the
+  runtime initialised with ``eval_mem=True`` (rknn.py line 269: "it will affect performance").
+* ``load_rknn`` (lines 241-247) and ``init_runtime`` (lines 261-281) return 0 on success, -1 on failure; ``core_mask``
+  takes the class constants ``NPU_CORE_AUTO`` 0, ``NPU_CORE_0`` 1, ``NPU_CORE_1`` 2, ``NPU_CORE_2`` 4,
+  ``NPU_CORE_0_1`` 3, ``NPU_CORE_0_1_2`` 7 (lines 25-31).
 
 Every model has random weights (seeded), exported with :func:`hat.latency.onnxruntime.export_onnx` and built with
 :func:`hat.latency.npu_bundle.build_rknn` into ``lat-work-dir`` (:class:`hat.latency.onnxruntime.WorkDir`).
@@ -21,9 +46,12 @@ from hat.latency.onnxruntime import WorkDir, export_onnx
 from hat.latency.protocol import Backend, Protocol
 from hat.space import SubConfig
 
+SOURCE = "extrapolated:board-adb"  # encoder measured by eval_perf; decoder = one measured step x tgt_len
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_PERF_RE = re.compile(r"Total\s+(?:Operator\s+Elapsed\s+(?:Per\s+Frame\s+)?)?Time\s*\(us\)\s*:\s*([0-9]+(?:\.[0-9]+)?)",
-                      re.I)
+_TOTAL_RE = re.compile(r"Total\s+Time\s*\(us\)\s*:\s*([0-9]+(?:\.[0-9]+)?)", re.I)  # perf_debug=False
+_DEBUG_TOTAL_RE = re.compile(r"Total\s+Operator\s+Elapsed\s+Per\s+Frame\s+Time\s*\(us\)\s*:\s*([0-9]+(?:\.[0-9]+)?)",
+                             re.I)  # perf_debug=True: the sum of the per-layer times (a debugging figure)
 _MEM_RE = re.compile(r"Total\s+Memory\s*:\s*([0-9]+(?:\.[0-9]+)?)\s*(GiB|MiB|KiB|B)\b", re.I)
 _UNITS = {"b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -34,50 +62,37 @@ def _number(v) -> Optional[float]:
     return float(v) if math.isfinite(v) else None
 
 
-def _flatten(d, prefix=""):
-    for k, v in d.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            yield from _flatten(v, name + ".")
-        else:
-            yield name, v
-
-
-def perf_total_us(result) -> Optional[float]:
-    """Total time of one inference (µs) from what ``RKNN.eval_perf`` returned or printed: its text
-    (``Total Time(us): N`` with perf_debug off, ``Total Operator Elapsed Per Frame Time(us): N`` with it on) or a
-    dict holding such text or a total-time number (µs, as every RKNN perf figure; ms if the key says so). None when
-    no such figure is there."""
+def perf_total_us(result, debug: bool = False) -> Optional[float]:
+    """Total time of one inference (µs) from what ``RKNN.eval_perf`` returned: its report text (2.5.0) or the
+    documented dict (``total_time`` when it is set, else its ``string`` report). Without ``debug`` only the
+    ``Total Time(us)`` of a ``perf_debug=False`` runtime counts; with it, the per-layer sum ``Total Operator Elapsed Per
+    Frame Time(us)`` of a ``perf_debug=True`` runtime is read instead. None when no such figure is there."""
     if result is None:
         return None
     if isinstance(result, bytes):
         result = result.decode(errors="replace")
     if isinstance(result, str):
-        m = _PERF_RE.search(_ANSI.sub("", result))
+        m = (_DEBUG_TOTAL_RE if debug else _TOTAL_RE).search(_ANSI.sub("", result))
         return float(m.group(1)) if m else None
     if isinstance(result, dict):
-        items = list(_flatten(result))
-        for _, v in items:
-            if isinstance(v, str) and perf_total_us(v) is not None:
-                return perf_total_us(v)
-        for k, v in items:
-            kl = k.lower()
-            if "total" in kl and "time" in kl and _number(v) is not None:
-                return _number(v) * (1000.0 if kl.endswith(("_ms", "(ms)")) else 1.0)
+        total = _number(result.get("total_time"))
+        if total is not None and total > 0:
+            return total
+        return perf_total_us(result.get("string"), debug)
     return None
 
 
 def memory_total_bytes(result) -> Optional[float]:
-    """Total memory (bytes) of a model on the board from what ``RKNN.eval_memory`` returned or printed."""
+    """Total memory (bytes) of a model on the board from what ``RKNN.eval_memory`` returned: 2.5.0's dict
+    (``total_memory``), the ``total_model_allocation`` of RKNN-Toolkit2 1.x's documented dict, or the printed
+    ``Total Memory: N MiB`` line. None when no total is there."""
     if result is None:
         return None
     if isinstance(result, dict):
         for key in ("total_memory", "total_model_allocation"):
-            v = result.get(key)
-            if isinstance(v, dict):
-                v = v.get("maximum_allocation")
-            if _number(v) is not None:
-                return _number(v)
+            v = _number(result.get(key))
+            if v is not None:
+                return v
         return None
     if isinstance(result, str):
         m = _MEM_RE.search(_ANSI.sub("", result))
@@ -108,21 +123,25 @@ class AdbBackend(Backend):
     """A board on USB (adb), driven through rknn-toolkit2.
 
     :meth:`load` exports both graphs, builds them (fp16, ``target-platform``) and opens one runtime per graph on the
-    board (``init_runtime(target=platform, device_id=..., perf_debug=False, eval_mem=False, core_mask=...)``). Each
-    timed run asks the board: ``encoder`` adds one encoder ``eval_perf()`` total, and the decoder's time is ONE
-    decoder-step ``eval_perf()`` total × ``tgt_len`` steps (the step graph has a fixed-size cache, so every step
-    costs the same). The protocol's clock is the sum of these board figures, nothing measured on this machine.
-    ``eval_perf`` is called with the toolkit's default ``fix_freq=True`` (CPU/NPU/DDR frequencies fixed).
+    board (``init_runtime(target=platform, device_id=..., perf_debug=False, eval_mem=False, core_mask=...)``:
+    ``perf_debug`` off, so that ``eval_perf`` reports the board's whole-graph ``Total Time(us)``, not the slower
+    per-layer debugging run). Each timed run asks the board: ``encoder`` adds one encoder ``eval_perf()`` total
+    (measured), and the decoder's time is ONE decoder-step ``eval_perf()`` total × ``tgt_len`` steps (extrapolated:
+    the step graph has a fixed-size cache, so every step costs the same, but no decode loop runs). Hence the source
+    :data:`SOURCE` (``extrapolated:board-adb``). The protocol's clock is the sum of these board figures, nothing
+    measured on this machine. ``eval_perf`` is called with the toolkit's default ``fix_freq=True`` (CPU/NPU/DDR
+    frequencies fixed).
 
     :meth:`memory` opens a second runtime per graph with ``eval_mem=True`` (the toolkit warns that memory
     evaluation affects performance, so it is kept out of the timed runtime) and reports
-    ``measured_memory_mb`` = encoder + decoder totals of ``eval_memory()`` in MiB (both are loaded while decoding).
+    ``measured_memory_mb`` = encoder + decoder ``total_memory`` of ``eval_memory()`` in MiB (both are loaded while
+    decoding). :meth:`profile_layers` (optional) saves the per-layer tables of a ``perf_debug=True`` runtime.
 
     ``toolkit`` is rknn-toolkit2's ``RKNN`` class (injected by tests; a board-free fake must say so in its name).
     """
 
     name = "npu-adb"
-    source = "measured:board-adb"
+    source = SOURCE
 
     def __init__(self, opt, protocol: Protocol, platform: str = "rk3588", device_id: Optional[str] = None,
                  core_mask: str = "auto", work_dir: Optional[str] = None, keep: bool = False, toolkit=None, log=print):
@@ -140,8 +159,9 @@ class AdbBackend(Backend):
         self.log = log
         self._now = 0.0
         where = f"device {device_id}" if device_id else "the one adb device"
-        self.detail = (f"{platform} over adb ({where}), core mask {core_mask}, fp16; times are the board's eval_perf "
-                       f"totals; decoder = one step's eval_perf total x {protocol.tgt_len} steps")
+        self.detail = (f"{platform} over adb ({where}), core mask {core_mask}, fp16; encoder: the board's eval_perf "
+                       f"total [measured:board-adb]; decoder: one step's eval_perf total x {protocol.tgt_len} steps "
+                       f"[extrapolated:board-adb]")
 
     def timer(self):
         return lambda: self._now
@@ -162,7 +182,7 @@ class AdbBackend(Backend):
         except OSError:
             return 0
 
-    def _runtime(self, h, part: str, eval_mem: bool):
+    def _runtime(self, h, part: str, eval_mem: bool, perf_debug: bool = False):
         path = h["files"][part]
         with self._quiet(h):
             rk = self.RKNN()
@@ -174,7 +194,7 @@ class AdbBackend(Backend):
         exc = None
         try:
             with self._quiet(h):
-                ret = rk.init_runtime(target=self.platform, device_id=self.device_id, perf_debug=False,
+                ret = rk.init_runtime(target=self.platform, device_id=self.device_id, perf_debug=perf_debug,
                                       eval_mem=eval_mem, core_mask=self.core_mask)
         except Exception as e:  # the toolkit raises (ValueError with its traceback) when no device answers
             ret, exc = -1, e
@@ -217,12 +237,36 @@ class AdbBackend(Backend):
         rk = h["rt"][part]
         result, text = self._call(h, part, "eval_perf", lambda: rk.eval_perf(is_print=True))
         us = perf_total_us(result)
-        if us is None:
+        if us is None:  # the report it printed (the same text, in 2.5.0)
             us = perf_total_us(text)
         if us is None:
-            raise HatError(f"rknn-toolkit2 eval_perf gave no total time for the {part} graph (result "
+            raise HatError(f"rknn-toolkit2 eval_perf gave no 'Total Time(us)' for the {part} graph (result "
                            f"{str(result)[:200]!r}; log: {h['log']})")
         return us / 1000.0
+
+    def profile_layers(self, h) -> Dict[str, str]:
+        """The board's per-layer times of each graph: a ``perf_debug=True`` runtime (what per-layer timing needs;
+        the toolkit warns that it is slower than the real run) and its ``eval_perf()`` report, written to
+        ``<part>.perf_debug.txt`` in the model's work directory. Returns part -> file. The latency figures never
+        come from here."""
+        out = {}
+        for part in ("enc", "dec"):
+            rk = self._runtime(h, part, eval_mem=False, perf_debug=True)
+            try:
+                result, text = self._call(h, part, "eval_perf", lambda: rk.eval_perf(is_print=True))
+            finally:
+                self._release(h, rk)
+            report = result.get("string") if isinstance(result, dict) else result
+            if not isinstance(report, str) or perf_total_us(report, debug=True) is None:
+                report = text
+            if perf_total_us(report, debug=True) is None:
+                raise HatError(f"rknn-toolkit2 eval_perf gave no per-layer report for the {part} graph with "
+                               f"perf_debug=True (result {str(result)[:200]!r}; log: {h['log']})")
+            path = os.path.join(os.path.dirname(h["files"][part]), f"{part}.perf_debug.txt")
+            with open(path, "w") as f:
+                f.write(_ANSI.sub("", report))
+            out[part] = path
+        return out
 
     # -- Backend ------------------------------------------------------------------------------------------------------
     def load(self, cfg: SubConfig):

@@ -19,6 +19,8 @@ optional).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hat.errors import ConfigError, HatError
 from hat.latency.protocol import Backend, Protocol
 
@@ -26,6 +28,25 @@ NAMES = ("cpu", "gpu", "onnxruntime", "npu", "npu-adb")
 
 
 def make(name: str, args, opt, protocol: Protocol, toolkit=None, log=print) -> Backend:
+    """:func:`_build` the backend, then record on it the protocol as it applies it (``backend.protocol``: its name,
+    version, this machine, and the threads it really uses)."""
+    b = _build(name, args, opt, protocol, toolkit, log)
+    threads = protocol.threads if protocol.threads is not None else getattr(b, "threads", None)
+    b.protocol = replace(protocol, threads=threads).at(b.name, _version(b.name))
+    return b
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pkg = {"cpu": "torch", "gpu": "torch", "onnxruntime": "onnxruntime", "npu-adb": "rknn-toolkit2"}.get(name)
+    try:
+        return f"{pkg} {version(pkg)}" if pkg else ""
+    except PackageNotFoundError:
+        return f"{pkg} (version unknown)"
+
+
+def _build(name: str, args, opt, protocol: Protocol, toolkit=None, log=print) -> Backend:
     """The timing backend ``name`` for latency_dataset.py / evo_search.py. ``args`` gives ``lat_threads``,
     ``lat_work_dir``, ``lat_keep_models``, ``target_platform``, ``device_id``, ``npu_core_mask`` (those a backend
     uses); ``toolkit``: rknn-toolkit2's RKNN class for npu-adb, injected by tests. ``npu`` times nothing here (see
@@ -35,11 +56,11 @@ def make(name: str, args, opt, protocol: Protocol, toolkit=None, log=print) -> B
         from hat.latency.torch_backend import TorchBackend
 
         return TorchBackend(opt, protocol, device="cuda" if name == "gpu" else "cpu",
-                            threads=getattr(args, "lat_threads", None))
+                            threads=protocol.threads)
     if name == "onnxruntime":
         from hat.latency.onnxruntime import OrtBackend
 
-        return OrtBackend(opt, protocol, work_dir=args.lat_work_dir, threads=args.lat_threads, keep=keep, log=log)
+        return OrtBackend(opt, protocol, work_dir=args.lat_work_dir, threads=protocol.threads, keep=keep, log=log)
     if name == "npu-adb":
         from hat.latency.adb import AdbBackend
 

@@ -27,7 +27,8 @@ from hat.space import FEATURE_NAMES, SearchSpace, SubConfig
 
 LATENCY_COLUMNS = ["latency_mean_encoder", "latency_mean_decoder", "latency_std_encoder", "latency_std_decoder"]
 MEMORY_COLUMNS = ["weight_mb", "activation_mb", "measured_memory_mb"]
-COLUMNS = ["key", "config"] + list(FEATURE_NAMES) + LATENCY_COLUMNS + MEMORY_COLUMNS + ["backend", "source"]
+COLUMNS = (["key", "config"] + list(FEATURE_NAMES) + LATENCY_COLUMNS + MEMORY_COLUMNS
+           + ["backend", "source", "protocol"])
 TARGET_COLUMNS = tuple(LATENCY_COLUMNS[:2])  # a predictor's target: encoder + decoder mean latency
 HAT_FEATURES = tuple(FEATURE_NAMES[:10])  # HAT's CSVs: these ten feature columns first
 
@@ -49,21 +50,38 @@ def sample_configs(space: SearchSpace, size: int, seed: int) -> List[SubConfig]:
 
 
 # -- writing (latency_dataset.py) -------------------------------------------------------------------------------------
+def _complete(row: Dict[str, str]) -> bool:
+    """A row with every field, whose last field (the protocol, JSON) parses: a row cut short by a killed run is not."""
+    if None in row.values() or any(v is None for v in row.values()) or not row.get("source"):
+        return False
+    try:
+        return isinstance(json.loads(row.get("protocol") or ""), dict)
+    except ValueError:
+        return False
+
+
 def read_rows(path: str) -> List[Dict[str, str]]:
+    """The rows of a latency_dataset.py CSV. A torn LAST row (a killed run) is left out, to be measured again; a bad
+    row anywhere else is an error naming its line (nothing is dropped or rewritten)."""
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames != COLUMNS:
             raise ConfigError(
-                f"{path} exists with other columns; move it away or choose another lat-dataset-path"
+                f"{path} exists with other columns (written by another version or another tool); move it away or "
+                f"choose another lat-dataset-path"
             )
-        rows = []
-        for row in reader:
-            if None in row.values() or row.get("source") in (None, ""):
-                break  # a torn last line from a killed run: ignore it, it will be measured again
-            rows.append(row)
-        return rows
+        rows = [(reader.line_num, r) for r in reader]
+    out = []
+    for i, (line, row) in enumerate(rows):
+        if not _complete(row):
+            if i == len(rows) - 1:
+                break  # the torn last line of a killed run
+            raise ConfigError(f"{path} line {line}: incomplete or damaged row (not the last one, so not an "
+                              f"interrupted write); fix or remove that line")
+        out.append(row)
+    return out
 
 
 def _repair(path: str, rows: List[Dict[str, str]]) -> None:
@@ -75,25 +93,57 @@ def _repair(path: str, rows: List[Dict[str, str]]) -> None:
             w.writerows(rows)
 
 
+def row_protocol(row: Dict[str, str], where: str = "row"):
+    from hat.latency.protocol import Protocol
+
+    return Protocol.from_json(row["protocol"], source=where)
+
+
 class DatasetWriter:
+    """Appends one row per measured SubTransformer (fsync'ed); every row of a file is measured with one protocol:
+    :meth:`check_protocol` refuses to mix."""
+
     def __init__(self, path: str):
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
         self.rows = read_rows(path)
         self.done = {r["key"] for r in self.rows}
-        with open(path, "a+", newline="") as f:
-            f.seek(0)
-            lines = f.read().splitlines()
-        if len(lines) != len(self.rows) + 1:
-            _repair(path, self.rows)
+        self._clean = False  # a torn last line is dropped before the first append, not before (a refused run
+        # leaves the file as it found it)
 
-    def add(self, cfg: SubConfig, latency: Dict[str, float], memory: Dict[str, Optional[float]], backend: str,
-            source: str) -> Dict[str, object]:
+    def _ensure_clean(self):
+        if self._clean:
+            return
+        text = ""
+        if os.path.isfile(self.path):
+            with open(self.path, newline="") as f:
+                text = f.read()
+        if text and (len(text.splitlines()) != len(self.rows) + 1 or not text.endswith(("\n", "\r"))):
+            _repair(self.path, self.rows)
+        self._clean = True
+
+    def protocol(self):
+        """The protocol of the rows already in the file (None when empty)."""
+        return row_protocol(self.rows[0], f"{self.path} line 2") if self.rows else None
+
+    def check_protocol(self, protocol) -> None:
+        """Refuse to append rows measured another way than the rows already there (one line naming how)."""
+        have = self.protocol()
+        if have is None:
+            return
+        why = have.mismatch(protocol)
+        if why:
+            raise ConfigError(f"{self.path} holds rows measured with another protocol ({why}); choose another "
+                              f"lat-dataset-path or the same settings")
+
+    def add(self, cfg: SubConfig, latency: Dict[str, float], memory: Dict[str, object], backend: str,
+            source: str, protocol) -> Dict[str, object]:
         row = {"key": cfg.key(), "config": cfg.to_json()}
         row.update({k: v for k, v in zip(FEATURE_NAMES, cfg.features())})
         row.update({k: latency[k] for k in LATENCY_COLUMNS})
         row.update({k: ("" if memory.get(k) is None else memory[k]) for k in MEMORY_COLUMNS})
-        row.update({"backend": backend, "source": source})
+        row.update({"backend": backend, "source": source, "protocol": protocol.to_json()})
+        self._ensure_clean()
         with open(self.path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             if f.tell() == 0:
@@ -102,6 +152,7 @@ class DatasetWriter:
             f.flush()
             os.fsync(f.fileno())
         self.done.add(row["key"])
+        self.rows.append({k: str(v) for k, v in row.items()})
         return row
 
 
@@ -121,6 +172,7 @@ class LatencyData:
     configs: Optional[List[SubConfig]] = None
     sources: Tuple[str, ...] = ()  # ours: the distinct source (else backend) values of the rows, sorted
     lines: Tuple[int, ...] = ()  # the file's line number of every row
+    protocols: Tuple[str, ...] = ()  # ours: the distinct protocol JSON values of the rows (none in older files)
 
     def __len__(self):
         return len(self.latency)
@@ -170,7 +222,7 @@ def read_table(path: str, space: Optional[SearchSpace] = None, size: Optional[in
         raise ConfigError(f"{path}: no {missing[0]} column")
     col = {h: i for i, h in enumerate(header)}
     enc_i, dec_i = col[TARGET_COLUMNS[0]], col[TARGET_COLUMNS[1]]
-    feats, lats, configs, sources, lines = [], [], [], [], []
+    feats, lats, configs, sources, lines, protocols = [], [], [], [], [], set()
     for n, row in enumerate(rows):
         line = n + 2
         if not row or all(not v.strip() for v in row):
@@ -194,6 +246,8 @@ def read_table(path: str, space: Optional[SearchSpace] = None, size: Optional[in
                     raise ConfigError(f"{e} (the dataset is not from the search space of {space.source})") from None
             configs.append(cfg)
             feats.append([float(v) for v in cfg.features()])
+            if "protocol" in col and row[col["protocol"]].strip():
+                protocols.add(_canonical(row[col["protocol"]], path, line))
             for key in ("source", "backend"):
                 if key in col and row[col[key]].strip():
                     sources.append(row[col[key]].strip())
@@ -211,4 +265,12 @@ def read_table(path: str, space: Optional[SearchSpace] = None, size: Optional[in
         source = _source_label(distinct)
     else:
         source = "measured:hat:" + os.path.splitext(os.path.basename(path))[0]
-    return LatencyData(x, np.array(lats), names, source, layout, path, configs or None, distinct, tuple(lines))
+    return LatencyData(x, np.array(lats), names, source, layout, path, configs or None, distinct, tuple(lines),
+                       tuple(sorted(protocols)))
+
+
+def _canonical(text: str, path: str, line: int) -> str:
+    """A row's protocol as canonical JSON (field order and spacing do not make two protocols differ)."""
+    from hat.latency.protocol import Protocol
+
+    return Protocol.from_json(text, source=f"{path} line {line}").to_json()

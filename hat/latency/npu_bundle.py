@@ -2,9 +2,17 @@
 
 ``npu`` is not a timing backend on this machine: :func:`make_bundle` exports and builds every sampled SubTransformer
 for the board (rknn-toolkit2, fp16, ``target-platform``) into a bundle directory with ``manifest.json`` (format
-``hat-npu-bundle/1``) and ``board.py``, and prints what to run on the board (:func:`board_instructions`;
-``hat/latency/board.py`` runs the bundle there). The board's ``results.jsonl`` comes back through
-``latency_dataset.py --collect`` (:func:`known_configs`, :func:`collect`), source ``measured:board``.
+:data:`BUNDLE_FORMAT`) and ``board.py``, and prints what to run on the board (:func:`board_instructions`;
+``hat/latency/board.py`` runs the bundle there: the host's decode loop, :mod:`hat.export.decode`, in numpy). The
+board's ``results.jsonl`` (raw per-run times) comes back through ``latency_dataset.py --collect``
+(:func:`known_configs`, :func:`collect`, which computes the statistics with the protocol's estimator), source
+``measured:board``.
+
+A manifest entry (:func:`model_entry`, from the export sidecars) gives the board everything its decode loop needs:
+per graph the file, the inputs (name, shape, dtype, layout) in the order ``inference`` takes them and the output
+names in the order it returns them; and ``decode``: shapes, special token ids, position offset, mask value, length
+penalty, the source sentence (the same one the onnxruntime backend times), which decoder outputs feed which decoder
+inputs at the next step (``cache``) and which encoder outputs feed the decoder (``cross``, repeated per hypothesis).
 
 :func:`build_rknn` and :func:`require_toolkit` are the RKNN builds the npu-adb backend (:mod:`hat.latency.adb`) uses
 as well. Every model has random weights (seeded), exported with :func:`hat.latency.onnxruntime.export_onnx`.
@@ -19,13 +27,14 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 from hat.errors import ConfigError, HatError
 from hat.io import atomic_output, write_json
-from hat.latency.dataset import LATENCY_COLUMNS, sample_configs
-from hat.latency.onnxruntime import export_onnx, silent
-from hat.latency.protocol import Protocol
+from hat.latency.dataset import sample_configs
+from hat.latency.onnxruntime import export_onnx, random_model, settings_of, silent
+from hat.latency.protocol import Measurement, Protocol
 from hat.space import SubConfig
 
-BUNDLE_FORMAT = "hat-npu-bundle/1"
+BUNDLE_FORMAT = "hat-npu-bundle/2"  # hat.latency.board.MANIFEST_FORMAT (board.py imports nothing of hat)
 PRECISION = "fp16"
+SOURCE = "measured:board"
 
 
 # ---- RKNN builds (npu, npu-adb) --------------------------------------------------------------------------------------
@@ -45,18 +54,62 @@ def build_rknn(onnx_dir: str, name: str, platform: str, rknn_dir: str) -> Dict[s
             for part in ("enc", "dec")}
 
 
-def input_specs(inputs: Iterable[dict], position_offset: int) -> List[dict]:
-    """The manifest's per-input spec: name, shape, dtype, layout (``nchw`` for 4-D inputs, as exported: the board
-    passes it to ``RKNNLite.inference(data_format=...)``), and a fill value where the default one (7 for integers)
-    would not be valid (positions: the first position)."""
-    out = []
-    for i in inputs:
-        spec = {"name": i["name"], "shape": [int(x) for x in i["shape"]], "dtype": i["dtype"],
-                "layout": "nchw" if len(i["shape"]) == 4 else None}
-        if i["name"] in ("src_positions", "position"):
-            spec["fill"] = int(position_offset)
-        out.append(spec)
-    return out
+def bundle_protocol(protocol: Protocol, platform: str) -> Protocol:
+    """The protocol as the board applies it (backend ``npu``, machine the board's platform; the board fills in the
+    rknnlite version and its own model name in the protocol of each result line)."""
+    return protocol.at("npu", "rknn-toolkit-lite2", machine=f"{platform.upper()} board")
+
+
+def input_specs(inputs: Iterable[dict]) -> List[dict]:
+    """The manifest's per-input spec, in the graph's input order: name, shape, dtype, layout (``nchw`` for 4-D
+    inputs, as exported: the board passes it to ``RKNNLite.inference(data_format=...)``)."""
+    return [{"name": i["name"], "shape": [int(x) for x in i["shape"]], "dtype": i["dtype"],
+             "layout": "nchw" if len(i["shape"]) == 4 else None} for i in inputs]
+
+
+def source_sentence(model, protocol: Protocol) -> List[int]:
+    """The source sentence every backend decodes: the first row of the onnxruntime backend's encoder input
+    (:func:`hat.export.onnx.sample_inputs`, seeded), without its padding."""
+    from hat.export.onnx import sample_inputs
+
+    row = sample_inputs(model, "enc", settings_of(protocol))["src_tokens"][0]
+    return [int(t) for t in row if int(t) != model.opt.padding_idx]
+
+
+def decode_spec(enc_meta: dict, dec_meta: dict, src_tokens: List[int]) -> dict:
+    """What the board's decode loop needs beyond the graphs' inputs/outputs (from the export sidecars)."""
+    sh = dec_meta["shapes"]
+    dec_in = {i["name"] for i in dec_meta["inputs"]}
+    dec_out = [o["name"] for o in dec_meta["outputs"]]
+    cache = {o: o[len("new_"):] for o in dec_out if o.startswith("new_") and o[len("new_"):] in dec_in}
+    cross = {o["name"]: o["name"] for o in enc_meta["outputs"] if o["name"] in dec_in}
+    want = {i for i in dec_in if i.startswith(("self_k_", "self_v_"))}
+    if set(cache.values()) != want or "logits" not in dec_out or not cross:
+        raise HatError(f"the exported decoder of {dec_meta.get('name', '?')} lacks the cache outputs or logits the "
+                       f"board's decode loop needs (inputs {sorted(dec_in)}, outputs {dec_out})")
+    return {"batch_size": sh["batch_size"], "beam": sh["beam"], "rows": sh["rows"], "src_len": sh["src_len"],
+            "tgt_len": sh["tgt_len"], "tokens": {k: dec_meta["tokens"][k] for k in ("pad", "eos", "unk", "bos")},
+            "position_offset": dec_meta["position_offset"], "mask_value": dec_meta["mask_value"],
+            "lenpen": dec_meta.get("lenpen", 1.0), "src_tokens": [int(t) for t in src_tokens], "cache": cache,
+            "cross": cross}
+
+
+def model_entry(cfg: SubConfig, onnx_dir: str, name: str, files: Dict[str, str], src_tokens: List[int],
+                built: Optional[Dict[str, dict]] = None) -> dict:
+    """A manifest entry for the graphs exported as ``name`` in ``onnx_dir`` (their sidecars); ``files``: part ->
+    the file the board loads, relative to the bundle (the .rknn builds; a test points them at the .onnx files);
+    ``built``: part -> build summary (sha256, build time)."""
+    from hat.export import read_sidecar
+
+    metas = {p: read_sidecar(onnx_dir, name, p) for p in ("enc", "dec")}
+    entry = {"key": cfg.key(), "config": cfg.to_hat_dict()}
+    for part, field in (("enc", "encoder"), ("dec", "decoder")):
+        meta, summary = metas[part], (built or {}).get(part, {})
+        entry[field] = {"file": files[part], "inputs": input_specs(meta["inputs"]),
+                        "outputs": [o["name"] for o in meta["outputs"]], "sha256": summary.get("sha256"),
+                        "build_seconds": summary.get("build_seconds")}
+    entry["decode"] = decode_spec(metas["enc"], metas["dec"], src_tokens)
+    return entry
 
 
 # ---- npu: a bundle for the board -------------------------------------------------------------------------------------
@@ -77,7 +130,8 @@ def read_manifest(bundle: str) -> Optional[dict]:
     except ValueError as e:
         raise HatError(f"{path} is not valid JSON ({e}); move it away to start the bundle again") from None
     if manifest.get("format") != BUNDLE_FORMAT:
-        raise HatError(f"{path} is not a {BUNDLE_FORMAT} manifest")
+        raise HatError(f"{path} is not a {BUNDLE_FORMAT} manifest (format {manifest.get('format')!r}: an older "
+                       f"bundle has no decode loop for the board); move it away or use another lat-work-dir")
     return manifest
 
 
@@ -87,20 +141,16 @@ def _model_files_present(bundle: str, entry: dict) -> bool:
 
 def bundle_model(cfg: SubConfig, opt, protocol: Protocol, bundle: str, platform: str, keep: bool = False) -> dict:
     """Export + build one SubTransformer into ``bundle``; returns its manifest entry."""
-    from hat.export import read_sidecar
-
     build = os.path.join(bundle, ".build", cfg.key())
-    name = export_onnx(cfg, opt, protocol, build)
+    model = random_model(cfg, opt)
+    name = export_onnx(cfg, opt, protocol, build, model)
     built = build_rknn(build, name, platform, build)
-    entry = {"key": cfg.key(), "config": cfg.to_hat_dict()}
-    for part, field in (("enc", "encoder"), ("dec", "decoder")):
-        meta = read_sidecar(build, name, part)
-        summary = built[part]
-        dest = os.path.join(bundle, summary["rknn"])
+    for part in ("enc", "dec"):
+        dest = os.path.join(bundle, built[part]["rknn"])
         with atomic_output(dest) as tmp:
-            shutil.copyfile(os.path.join(build, summary["rknn"]), tmp)
-        entry[field] = {"file": summary["rknn"], "inputs": input_specs(summary["inputs"], meta["position_offset"]),
-                        "sha256": summary.get("sha256"), "build_seconds": summary.get("build_seconds")}
+            shutil.copyfile(os.path.join(build, built[part]["rknn"]), tmp)
+    entry = model_entry(cfg, build, name, {p: built[p]["rknn"] for p in ("enc", "dec")},
+                        source_sentence(model, protocol), built)
     if not keep:
         shutil.rmtree(build, ignore_errors=True)
         try:
@@ -127,7 +177,7 @@ def make_bundle(args, opt, protocol: Protocol, configs: List[SubConfig], log=pri
     bundle = bundle_dir(args)
     os.makedirs(bundle, exist_ok=True)
     manifest_path = os.path.join(bundle, "manifest.json")
-    proto = protocol.to_dict()
+    proto = bundle_protocol(protocol, platform).to_dict()
     vocab = {"src_vocab": opt.src_vocab, "tgt_vocab": opt.tgt_vocab}
     manifest = read_manifest(bundle)
     if manifest is None:
@@ -182,7 +232,8 @@ def board_instructions(bundle: str, manifest: dict, args, argv: Optional[List[st
         f"|   4. merge them into the dataset:     python latency_dataset.py {configs}--collect "
         f"{os.path.join(bundle, 'results.jsonl')}",
         f"|      ({'this run' if argv is not None else 'with the same keys and flags as this run'}, plus --collect; "
-        f"rows get backend npu, source measured:board)",
+        f"rows get backend npu, source {SOURCE}; each run is the host's decode loop: encoder, then "
+        f"{manifest['protocol']['tgt_len']} decoder steps with caches fed back, beam {manifest['protocol']['beam']})",
     ])
 
 
@@ -198,14 +249,25 @@ def known_configs(results_path: str, args, space, size: int, seed: int) -> Dict[
     return known
 
 
+def _times(xs, n: int) -> bool:
+    """``xs`` is a list of ``n`` finite numbers."""
+    return (isinstance(xs, list) and len(xs) == n
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in xs))
+
+
 def collect(results_path: str, writer, known: Dict[str, SubConfig], protocol: Protocol,
             memory_of: Callable[[SubConfig], dict] = lambda c: {}, log=print) -> Dict[str, int]:
-    """Merge the board runner's JSON lines into the dataset (backend ``npu``, source ``measured:board``). A line with
-    ``error`` is reported and skipped (it holds no figure, and none is made up); so are torn lines, unknown keys,
-    lines measured with another protocol and keys already in the dataset."""
+    """Merge the board runner's JSON lines into the dataset (backend ``npu``, source ``measured:board``): the
+    statistics come from each line's raw ``encoder_ms`` / ``decoder_ms`` (one per timed run; ``decoder_step_ms`` per
+    step for the call-* estimators) with the protocol's estimator (:class:`hat.latency.protocol.Measurement`); each
+    row records the line's protocol (the board's rknnlite version and model). A line with ``error`` is reported and
+    skipped (it holds no figure, and none is made up); so are torn lines, unknown keys, lines measured with another
+    protocol (:meth:`Protocol.mismatch`), lines without ``repeats`` finite raw times, and keys already in the
+    dataset. A dataset holding rows of another protocol is refused (one line)."""
     if not os.path.isfile(results_path):
         raise HatError(f"--collect: {results_path} not found (copy results.jsonl back from the board first)")
-    want = protocol.to_dict()
+    want = protocol.at("npu", "", machine="")
+    writer.check_protocol(want)  # the dataset's rows were measured the same way, or it is refused in one line
     counts = {"added": 0, "errors": 0, "already": 0, "unknown": 0, "bad": 0}
     with open(results_path) as f:
         lines = f.read().splitlines()
@@ -232,25 +294,41 @@ def collect(results_path: str, writer, known: Dict[str, SubConfig], protocol: Pr
             log(f"| {where}: {key} is neither in the bundle manifest nor among this dataset's configs, skipped")
             counts["unknown"] += 1
             continue
-        got = rec.get("protocol") or {}
-        diff = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
-        if diff:
-            what = ", ".join(f"{k} {a} != {b}" for k, (a, b) in diff.items())
-            log(f"| {where}: {key} was measured with another protocol ({what}), skipped")
+        try:
+            got = Protocol.from_dict(rec.get("protocol") or {}, where)
+        except HatError as e:
+            log(f"| {e}, skipped")
             counts["bad"] += 1
             continue
-        if rec.get("source") != "measured:board":
-            log(f"| {where}: {key} has source {rec.get('source')!r}, not measured:board, skipped")
+        why = want.mismatch(got)
+        if why:
+            log(f"| {where}: {key} was measured with another protocol ({why}), skipped")
             counts["bad"] += 1
             continue
-        vals = {k: rec.get(k) for k in LATENCY_COLUMNS}
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals.values()):
-            log(f"| {where}: {key} lacks latency figures, skipped")
+        if rec.get("source") != SOURCE:
+            log(f"| {where}: {key} has source {rec.get('source')!r}, not {SOURCE}, skipped")
             counts["bad"] += 1
             continue
-        writer.add(cfg, {k: float(v) for k, v in vals.items()}, memory_of(cfg), "npu", "measured:board")
+        runs = [rec.get("encoder_ms"), rec.get("decoder_ms")]
+        if not all(_times(r, protocol.repeats) for r in runs):
+            log(f"| {where}: {key} lacks {protocol.repeats} raw encoder and decoder times, skipped")
+            counts["bad"] += 1
+            continue
+        steps = rec.get("decoder_step_ms")
+        if not (isinstance(steps, list) and len(steps) == protocol.repeats
+                and all(_times(r, protocol.tgt_len) for r in steps)):
+            steps = None  # only the call-* estimators need them (they then refuse the line in one message)
+        m = Measurement([float(v) for v in runs[0]], [float(v) for v in runs[1]], got, SOURCE,
+                        step_ms=[[float(v) for v in r] for r in steps] if steps else None)
+        try:
+            latency = m.row()
+        except HatError as e:
+            log(f"| {where}: {key}: {e}, skipped")
+            counts["bad"] += 1
+            continue
+        writer.add(cfg, latency, memory_of(cfg), "npu", SOURCE, got)
         counts["added"] += 1
-    log(f"| collected {counts['added']} rows from {results_path} into {writer.path} [measured:board]; skipped "
+    log(f"| collected {counts['added']} rows from {results_path} into {writer.path} [{SOURCE}]; skipped "
         f"{counts['errors']} board errors, {counts['already']} already in the dataset, {counts['unknown']} unknown "
         f"keys, {counts['bad']} unusable lines")
     return counts

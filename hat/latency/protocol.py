@@ -1,60 +1,144 @@
-"""One measuring protocol for every backend (HAT's).
+"""One measuring protocol for every backend (HAT's, made explicit).
 
-Batch 1; the encoder runs once per timed run on a source of ``src_len`` tokens; the decoder runs step by step for
-``tgt_len`` steps with its caches, ``beam`` hypotheses wide. ``warmup`` untimed runs, then ``repeats`` timed runs;
-the fastest and slowest ``trim`` share of the runs are dropped and mean/std are taken over the rest, for the encoder
-and the decoder separately. A backend only knows how to build a model and run one encoder call / one decoder step.
+Batch ``batch`` (1, as HAT); the encoder runs once per timed run on a source of ``src_len`` tokens; the decoder runs
+step by step for ``tgt_len`` steps with its caches, ``beam`` hypotheses wide. ``warmup`` untimed runs, then
+``repeats`` timed runs; the encoder's and the decoder's latency are each the ``estimator`` of their runs
+(:data:`ESTIMATORS`; ``trimmed-mean`` drops the fastest and slowest ``trim`` share as HAT did). ``threads`` intra-op
+threads (None: the backend's default), ``pin``: the measuring process is pinned to one core while it measures.
+
+A :class:`Protocol` also names where it was applied: ``backend`` and ``backend_version`` (e.g. onnxruntime 1.26.0)
+and ``machine`` (CPU model and cores, or the board). It travels with every dataset row and in the predictor
+checkpoint; :meth:`Protocol.mismatch` says in one line how two protocols differ in what they measure, so that a
+search, a re-measurement or the demo's final check refuses numbers taken another way.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
+import platform
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Callable, Dict, List, Optional, Sequence
 
+from hat.errors import ConfigError
 from hat.space import SubConfig
 
+ESTIMATORS = ("trimmed-mean", "median", "p25", "p10", "min", "call-min", "call-p10")
+# call-*: the decoder's latency is the sum over its steps of each step's min (10th percentile) over the timed runs,
+# the encoder's the min (10th percentile) of its calls: the shortest units of work, each of which a shared machine
+# leaves undisturbed in some run
+# what makes two measurements comparable (the where -- backend version, machine -- is recorded beside)
+MEASURING = ("backend", "src_len", "tgt_len", "beam", "batch", "warmup", "repeats", "estimator", "trim", "threads",
+             "pin")
 
-@dataclass
+
+@dataclass(frozen=True)
 class Protocol:
     src_len: int = 30
     tgt_len: int = 30
     beam: int = 4
+    batch: int = 1
     warmup: int = 5
     repeats: int = 20
     trim: float = 0.1
+    estimator: str = "trimmed-mean"
+    threads: Optional[int] = None
+    pin: bool = False
+    backend: str = ""
+    backend_version: str = ""
+    machine: str = ""
 
-    def to_dict(self):
+    def __post_init__(self):
+        for name in ("src_len", "tgt_len", "beam", "batch", "repeats"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"latency protocol: {name} must be >= 1, got {getattr(self, name)}")
+        if int(self.warmup) < 0:
+            raise ConfigError(f"latency protocol: warmup must be >= 0, got {self.warmup}")
+        if not 0 <= float(self.trim) < 0.5:
+            raise ConfigError(f"latency protocol: trim must be in [0, 0.5), got {self.trim}")
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"latency protocol: estimator {self.estimator!r} is not one of {', '.join(ESTIMATORS)}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ConfigError(f"latency protocol: threads must be >= 1, got {self.threads}")
+
+    def to_dict(self) -> Dict[str, object]:
         return asdict(self)
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
-@dataclass
-class Measurement:
-    encoder_ms: List[float]
-    decoder_ms: List[float]
-    protocol: Protocol
-    source: str  # e.g. measured:cpu, measured:onnxruntime, measured:board
-    extra: Dict[str, float] = field(default_factory=dict)
+    @classmethod
+    def from_dict(cls, d: Dict[str, object], source: str = "protocol") -> "Protocol":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown protocol field(s) {', '.join(unknown)}")
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{source}: bad protocol ({e})") from None
 
-    @property
-    def encoder(self):
-        return trimmed_stats(self.encoder_ms, self.protocol.trim)
+    @classmethod
+    def from_json(cls, s: str, source: str = "protocol") -> "Protocol":
+        try:
+            d = json.loads(s)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{source}: protocol is not JSON: {s[:60]!r}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: protocol is not a JSON object")
+        return cls.from_dict(d, source)
 
-    @property
-    def decoder(self):
-        return trimmed_stats(self.decoder_ms, self.protocol.trim)
+    def measuring(self) -> Dict[str, object]:
+        return {k: getattr(self, k) for k in MEASURING}
 
-    def row(self) -> Dict[str, float]:
-        """The dataset's latency columns (:data:`hat.latency.dataset.LATENCY_COLUMNS`)."""
-        from hat.latency.dataset import LATENCY_COLUMNS
+    def mismatch(self, other: "Protocol") -> Optional[str]:
+        """None when ``other`` measures the same way; else one line naming every field that differs."""
+        diff = [f"{k} {getattr(self, k)!r} vs {getattr(other, k)!r}" for k in MEASURING
+                if getattr(self, k) != getattr(other, k)]
+        return "; ".join(diff) or None
 
-        (em, es), (dm, ds) = self.encoder, self.decoder
-        return dict(zip(LATENCY_COLUMNS, (em, dm, es, ds)))
+    def at(self, backend: str, backend_version: str, machine: Optional[str] = None) -> "Protocol":
+        """This protocol as applied by ``backend`` on ``machine`` (default: this machine)."""
+        return replace(self, backend=backend, backend_version=backend_version,
+                       machine=this_machine() if machine is None else machine)
 
-    def summary(self) -> str:
-        (em, es), (dm, ds) = self.encoder, self.decoder
-        return (f"encoder {em:.3f} ± {es:.3f} ms, decoder ({self.protocol.tgt_len} steps, beam {self.protocol.beam}) "
-                f"{dm:.3f} ± {ds:.3f} ms, total {em + dm:.3f} ms [{self.source}]")
+    def describe(self) -> str:
+        thr = "default threads" if self.threads is None else f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+        return (f"{self.backend or 'backend?'} {self.backend_version}".strip() + f" on {self.machine or 'machine?'}: "
+                f"batch {self.batch}, src {self.src_len}, tgt {self.tgt_len}, beam {self.beam}, {self.warmup} warm-up "
+                f"+ {self.repeats} timed runs, {self.estimator}"
+                + (f" (trim {self.trim:.0%})" if self.estimator == "trimmed-mean" else "")
+                + f", {thr}" + (", pinned to one core" if self.pin else ""))
+
+
+def this_machine() -> str:
+    """CPU model and the number of cores this process may use (e.g. ``Intel Xeon ... x2 cores``)."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return f"{model} x{cores} cores"
+
+
+# ---- estimators ---------------------------------------------------------------------------------------------------
+def _quantile(xs: Sequence[float], q: float) -> float:
+    xs = sorted(xs)
+    pos = q * (len(xs) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def trimmed_stats(samples: Sequence[float], trim: float) -> tuple:
@@ -72,11 +156,85 @@ def trimmed_stats(samples: Sequence[float], trim: float) -> tuple:
     return mean, std
 
 
+def estimate(samples: Sequence[float], estimator: str, trim: float = 0.1) -> float:
+    """One latency from the timed runs: :data:`ESTIMATORS`."""
+    if not samples:
+        raise ValueError("no samples")
+    if estimator == "trimmed-mean":
+        return trimmed_stats(samples, trim)[0]
+    if estimator == "median":
+        return _quantile(samples, 0.5)
+    if estimator == "p25":
+        return _quantile(samples, 0.25)
+    if estimator == "p10":
+        return _quantile(samples, 0.10)
+    if estimator == "min":
+        return min(samples)
+    raise ConfigError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+
+
+def estimate_calls(runs: Sequence[Sequence[float]], estimator: str, trim: float = 0.1) -> float:
+    """One latency from per-call times (``runs[r][s]``: call ``s`` of timed run ``r``): a ``call-*`` estimator sums
+    each call's estimate over the runs; any other applies to the runs' totals."""
+    if not runs:
+        raise ValueError("no samples")
+    if estimator in ("call-min", "call-p10"):
+        q = 0.0 if estimator == "call-min" else 0.10
+        return sum(_quantile([r[s] for r in runs], q) for s in range(len(runs[0])))
+    return estimate([sum(r) for r in runs], estimator, trim)
+
+
+def stats(samples: Sequence[float], protocol: Protocol, calls: Optional[Sequence[Sequence[float]]] = None) -> tuple:
+    """(latency by the protocol's estimator, spread): the spread is the std of the runs HAT's trimming keeps.
+    ``calls`` (per run, the time of each call) is needed by the ``call-*`` estimators."""
+    spread = trimmed_stats(samples, protocol.trim)[1]
+    if protocol.estimator.startswith("call-"):
+        if calls is None:
+            raise ConfigError(f"estimator {protocol.estimator} needs per-call times, which this backend does not give")
+        return estimate_calls(calls, protocol.estimator, protocol.trim), spread
+    return estimate(samples, protocol.estimator, protocol.trim), spread
+
+
+@dataclass
+class Measurement:
+    encoder_ms: List[float]
+    decoder_ms: List[float]
+    protocol: Protocol
+    source: str  # e.g. measured:cpu, measured:onnxruntime, measured:board
+    extra: Dict[str, float] = field(default_factory=dict)
+    step_ms: Optional[List[List[float]]] = None  # per timed run, each decoder step's time
+
+    @property
+    def encoder(self):
+        return stats(self.encoder_ms, self.protocol, [[x] for x in self.encoder_ms])
+
+    @property
+    def decoder(self):
+        return stats(self.decoder_ms, self.protocol, self.step_ms)
+
+    @property
+    def total(self) -> float:
+        return self.encoder[0] + self.decoder[0]
+
+    def row(self) -> Dict[str, float]:
+        """The dataset's latency columns (:data:`hat.latency.dataset.LATENCY_COLUMNS`)."""
+        from hat.latency.dataset import LATENCY_COLUMNS
+
+        (em, es), (dm, ds) = self.encoder, self.decoder
+        return dict(zip(LATENCY_COLUMNS, (em, dm, es, ds)))
+
+    def summary(self) -> str:
+        (em, es), (dm, ds) = self.encoder, self.decoder
+        return (f"encoder {em:.3f} ± {es:.3f} ms, decoder ({self.protocol.tgt_len} steps, beam {self.protocol.beam}) "
+                f"{dm:.3f} ± {ds:.3f} ms, total {em + dm:.3f} ms ({self.protocol.estimator}) [{self.source}]")
+
+
 class Backend:
     """Runs one SubTransformer: ``load`` builds it, ``encoder`` runs one encoder call, ``decoder_step`` one step."""
 
     name = "backend"
     source = "measured:backend"
+    version = ""
 
     def load(self, cfg: SubConfig):  # -> handle
         raise NotImplementedError
@@ -102,25 +260,43 @@ class Backend:
         pass
 
 
+@contextlib.contextmanager
+def pinned(enabled: bool):
+    """While measuring: this process on one core (the last it may use, or the one it is already pinned to)."""
+    if not enabled or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(before)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def measure(backend: Backend, cfg: SubConfig, protocol: Protocol, handle=None) -> Measurement:
     own = handle is None
     handle = backend.load(cfg) if own else handle
     clock = backend.timer()
-    enc, dec = [], []
+    enc, dec, steps = [], [], []
     try:
-        for i in range(protocol.warmup + protocol.repeats):
-            t0 = clock()
-            backend.encoder(handle)
-            t1 = clock()
-            backend.start_decoding(handle)
-            for step in range(protocol.tgt_len):
-                backend.decoder_step(handle, step)
-            t2 = clock()
-            if i >= protocol.warmup:
-                enc.append(t1 - t0)
-                dec.append(t2 - t1)
+        with pinned(protocol.pin):
+            for i in range(protocol.warmup + protocol.repeats):
+                t0 = clock()
+                backend.encoder(handle)
+                t1 = clock()
+                backend.start_decoding(handle)
+                marks = [clock()]
+                for step in range(protocol.tgt_len):
+                    backend.decoder_step(handle, step)
+                    marks.append(clock())
+                if i >= protocol.warmup:
+                    enc.append(t1 - t0)
+                    dec.append(marks[-1] - t1)
+                    # the first step also carries start_decoding (cache reset), as the run's total does
+                    steps.append([marks[1] - t1] + [b - a for a, b in zip(marks[1:-1], marks[2:])])
         extra = backend.memory(handle)
     finally:
         if own:
             backend.unload(handle)
-    return Measurement(enc, dec, protocol, backend.source, extra)
+    return Measurement(enc, dec, protocol, backend.source, extra, steps)

@@ -23,7 +23,7 @@ class TorchBackend(Backend):
         self.opt, self.protocol, self.device = opt, protocol, torch.device(device)
         self.name = "gpu" if self.device.type == "cuda" else "cpu"
         self.source = f"measured:{self.name}"
-        self.threads = threads
+        self.threads = int(threads) if threads else torch.get_num_threads()
         self.supernet = model  # measure inside a given model (e.g. a trained checkpoint) instead of a fresh one
         if threads:
             torch.set_num_threads(int(threads))

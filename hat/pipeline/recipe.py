@@ -297,27 +297,26 @@ class DemoRecipe:
             from hat.latency.onnxruntime import OrtBackend
             from hat.latency.protocol import measure
 
-            protocol = self.protocol
+            protocol = self.measuring_protocol()
             loaded = {n: load_model(str(ROOT / p)) for n, p in models.items()}
             by_key = {m.sub_config.key(): m.model for m in loaded.values()}
             opt = next(iter(loaded.values())).model.opt
-            backend = OrtBackend(opt, protocol, work_dir=None, model_for=lambda cfg: by_key[cfg.key()],
-                                 log=lambda *a, **k: None)
+            backend = OrtBackend(opt, protocol, work_dir=None, threads=protocol.threads,
+                                 model_for=lambda cfg: by_key[cfg.key()], log=lambda *a, **k: None)
             rounds: Dict[str, List[float]] = {n: [] for n in models}
             handles = {n: backend.load(m.sub_config) for n, m in loaded.items()}
-            print(f"\n==> measuring {', '.join(models)} on {backend.source} ({backend.detail}; src {protocol.src_len},"
-                  f" {protocol.tgt_len} steps, beam {protocol.beam}), {self.args.measure_rounds} interleaved rounds",
-                  flush=True)
+            print(f"\n==> measuring {', '.join(models)} on {backend.source} with the latency dataset's protocol "
+                  f"({protocol.describe()}), {self.args.measure_rounds} interleaved rounds", flush=True)
             try:
                 for _ in range(self.args.measure_rounds):
                     for n, m in loaded.items():
                         r = measure(backend, m.sub_config, protocol, handle=handles[n])
-                        rounds[n].append(r.encoder[0] + r.decoder[0])
+                        rounds[n].append(r.total)
             finally:
                 for h in handles.values():
                     backend.unload(h)
             return {n: {"latency_ms": statistics.median(v), "rounds_ms": v, "source": backend.source,
-                        "detail": backend.detail} for n, v in rounds.items()}
+                        "detail": backend.detail, "protocol": protocol.to_dict()} for n, v in rounds.items()}
 
         return self.runner.stage("measure", "latency of the trained models", go)
 
@@ -329,6 +328,20 @@ class DemoRecipe:
         from hat.space import SubConfig
 
         return SubConfig.from_hat_dict(load_yaml(str(ROOT / yml)))
+
+    def measuring_protocol(self):
+        """The protocol the latency dataset was measured with, as the predictor carries it: the final models are
+        measured exactly so (refused when the predictor has none or another backend)."""
+        from hat.predictor import LatencyPredictor
+
+        pred = LatencyPredictor.load(str(ROOT / self.res / "latency_predictor.pt"))
+        p = pred.protocol
+        if p is None:
+            raise HatError(f"{rel(self.res / 'latency_predictor.pt')} records no measuring protocol (an older "
+                           f"latency dataset): remove it and its stamp to rebuild both")
+        if p.backend != "onnxruntime":
+            raise HatError(f"the predictor's dataset was measured on {p.backend}; the demo measures with onnxruntime")
+        return p
 
     @functools.cached_property
     def protocol(self):

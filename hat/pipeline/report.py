@@ -64,6 +64,11 @@ def table(res: Path, rows: List[dict], lat: dict, budget: dict, device: str, inh
                  f"memory {s['memory_mb_fp16'] / b['memory_mb_fp16']:.2f}x; budget: <= "
                  f"{budget['latency_constraint']} ms [predicted], <= {budget['memory_constraint']:.2f} MB "
                  f"[memory model]; device {device} ({how})")
+    ok = lambda v, lim: "pass" if v <= lim else "FAIL"
+    lines.append(f"budget check of the searched model: latency {s['latency_ms']:.2f} ms [{s['latency_source']}] <= "
+                 f"{budget['latency_constraint']} ms: {ok(s['latency_ms'], budget['latency_constraint'])}; memory "
+                 f"{s['memory_mb_fp16']:.3f} MB [memory model, fp16] <= {budget['memory_constraint']:.3f} MB: "
+                 f"{ok(s['memory_mb_fp16'], budget['memory_constraint'])}")
     best = min(lat["baseline"]["rounds_ms"]) / min(lat["searched"]["rounds_ms"])
     lines.append(f"(fastest round of each: {best:.2f}x; every round in {rel(ROOT / res)}/table.json)")
     text = "\n".join(lines)

@@ -11,11 +11,12 @@ backend the evo YAML names. Memory comes from the memory model at the deployed p
 from __future__ import annotations
 
 import csv
+import math
 import os
 import sys
 from typing import List, Optional
 
-from hat.args import add_evo_args, add_latency_args, backend_name, stage_context
+from hat.args import add_evo_args, add_latency_args, check_protocol, stage_context
 from hat.errors import ConfigError, HatError
 from hat.io import atomic_output, write_text
 
@@ -31,17 +32,31 @@ def write_yaml(cfg, path, header: str):
     write_text(path, header + yaml.safe_dump(cfg.to_hat_dict(), default_flow_style=None, sort_keys=False))
 
 
-def write_candidates(evo, path, lat_source, mem_source):
+CANDIDATE_COLUMNS = ["key", "gene", "config", "valid_loss", "latency_ms", "latency_source", "memory_mb",
+                     "memory_source", "measured_latency_ms", "measured_latency_source", "measured_memory_mb",
+                     "measured_memory_source", "fits_measured"]
+
+
+def _fmt(v):
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def write_candidates(evo, path, lat_source, mem_source, measured):
+    """Every evaluated candidate: its predicted latency and modelled memory (the values the search used), and for
+    the re-measured ones the measured values beside, each column with its source."""
     rows = sorted(evo.evaluated.values(), key=lambda c: (c.loss, c.config.key()))
     with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["key", "gene", "config", "valid_loss", "latency_ms", "latency_source", "memory_mb", "memory_source"])
+        w.writerow(CANDIDATE_COLUMNS)
         for c in rows:
+            m = measured.get(c.config.key(), {})
             w.writerow([c.config.key(), " ".join(map(str, c.gene)), c.config.to_json(), f"{c.loss:.5f}",
-                        f"{c.values['latency']:.4f}", lat_source, f"{c.values['memory']:.4f}", mem_source])
+                        _fmt(c.values["latency"]), lat_source, _fmt(c.values["memory"]), mem_source,
+                        _fmt(m.get("latency")), m.get("latency_source", ""), _fmt(m.get("memory")),
+                        m.get("memory_source", ""), "" if not m else ("yes" if m["fits"] else "no")])
 
 
-def plot(evo, path, lat_limit, best, lat_source):
+def plot(evo, path, lat_limit, best, lat_source, measured):
     from hat.plotting import pyplot, save
     from hat.search import pareto_front
 
@@ -53,12 +68,17 @@ def plot(evo, path, lat_limit, best, lat_source):
     fig, ax = plt.subplots(figsize=(6, 4.2))
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=10, alpha=0.5, label="evaluated SubTransformers")
     ax.plot([p[0] for p in front], [p[1] for p in front], "r.-", label="Pareto front")
-    ax.scatter([best.values["latency"]], [best.loss], marker="*", s=150, c="k", label="winner", zorder=5)
+    if measured:
+        ms = [(m["latency"], evo.evaluated[k].loss) for k, m in measured.items()]
+        ax.scatter([p[0] for p in ms], [p[1] for p in ms], marker="x", s=40, c="tab:orange", zorder=4,
+                   label=f"re-measured ({next(iter(measured.values()))['latency_source']})")
+    wx = measured[best.config.key()]["latency"] if best.config.key() in measured else best.values["latency"]
+    ax.scatter([wx], [best.loss], marker="*", s=150, c="k", label="winner", zorder=5)
     if lat_limit is not None and lat_limit <= 2 * max(p[0] for p in pts):
         ax.axvline(lat_limit, color="g", linestyle="--", label=f"latency constraint {lat_limit:g} ms")
     elif lat_limit is not None:
         ax.set_title(f"latency constraint {lat_limit:g} ms (off the chart)", fontsize=9)
-    ax.set_xlabel(f"latency (ms, {lat_source})")
+    ax.set_xlabel(f"latency (ms, {lat_source}{'; x: measured' if measured else ''})")
     ax.set_ylabel("validation loss (inherited weights)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -94,15 +114,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not args.ckpt_path:
             raise ConfigError("latency-constraint needs ckpt-path (a latency predictor checkpoint)")
         predictor = LatencyPredictor.load(args.ckpt_path, space=space)
+        if predictor.protocol is not None:  # measure exactly as the predictor's dataset was measured
+            check_protocol(args, predictor.protocol, f"the predictor {args.ckpt_path}")
+            protocol = predictor.protocol
+    remeasure = _remeasure_plan(args, predictor, protocol)
     lat_source = "predicted"
-    mem_source = f"memory model ({args.memory_precision} weights + activations)"
-    shapes = dict(batch=1, src_len=protocol.src_len, tgt_len=protocol.tgt_len, beam=protocol.beam)
+    mem_source = f"memory model ({args.memory_precision})"
     constraints = [
         Constraint("latency", args.latency_constraint,
                    (lambda c: float(predictor.predict([c])[0])) if predictor else (lambda c: float("nan")), "ms",
                    lat_source),
         Constraint("memory", args.memory_constraint,
-                   lambda c: float(memory.memory_mb(c, opt, args.memory_precision, shapes)), "MB", mem_source),
+                   lambda c: float(memory.memory_mb(c, opt, args.memory_precision, protocol)), "MB", mem_source),
     ]
     params = EvoParams(args.evo_iter, args.population_size, args.parent_size, args.mutation_size,
                        args.crossover_size, args.mutation_prob, args.evo_seed)
@@ -117,37 +140,97 @@ def main(argv: Optional[List[str]] = None) -> int:
     best = evo.run(progress=lambda it: bar.update(it - bar.n))
     bar.close()
 
-    if args.latency_source == "measure":
-        best, lat_source = _remeasure(evo, args, opt, protocol)
-
-    header = (f"# found by evo_search.py: valid loss {best.loss:.4f} (inherited weights), latency "
-              f"{best.values['latency']:.3f} ms ({lat_source}), memory {best.values['memory']:.3f} MB ({mem_source})\n")
-    write_yaml(best.config, args.write_config_path, header)
+    measured = {}
+    if remeasure:
+        best, measured = _remeasure(evo, args, opt, protocol)
     cand_path = args.candidates_path or _default_path(args, ".candidates.csv")
-    write_candidates(evo, cand_path, lat_source, mem_source)
+    write_candidates(evo, cand_path, lat_source, mem_source, measured)
     plot_path = args.plot_path or _default_path(args, ".pareto.png")
-    plot(evo, plot_path, args.latency_constraint, best, lat_source)
+    shown = best or min((evo.evaluated[k] for k in measured), key=lambda c: c.loss)
+    plot(evo, plot_path, args.latency_constraint, shown, lat_source, measured)
+    if best is None:
+        raise HatError(f"none of the {len(measured)} best candidates fits the budget when measured "
+                       f"({_budget(args)}); their figures are in {cand_path}: loosen the budget, re-measure more "
+                       f"(measure-top) or retrain the predictor")
+    m = measured.get(best.config.key())
+    what = (f"latency {best.values['latency']:.3f} ms ({lat_source}), memory {best.values['memory']:.3f} MB "
+            f"({mem_source})")
+    if m:
+        what += (f"; measured: latency {m['latency']:.3f} ms ({m['latency_source']}), memory {m['memory']:.3f} MB "
+                 f"({m['memory_source']}), within the budget ({_budget(args)})")
+    header = f"# found by evo_search.py: valid loss {best.loss:.4f} (inherited weights), {what}\n"
+    write_yaml(best.config, args.write_config_path, header)
     print(f"| wrote {args.write_config_path}, {cand_path}, {plot_path}")
     print(f"| best SubTransformer {best.config.key()}: valid loss {best.loss:.4f} (inherited weights, measured on "
-          f"{args.valid_subset}), latency {best.values['latency']:.3f} ms ({lat_source}), memory "
-          f"{best.values['memory']:.3f} MB ({mem_source})")
+          f"{args.valid_subset}), {what}")
     return 0
 
 
+def _budget(args) -> str:
+    parts = []
+    if args.latency_constraint is not None:
+        parts.append(f"latency <= {args.latency_constraint:g} ms")
+    if args.memory_constraint is not None:
+        parts.append(f"memory <= {args.memory_constraint:g} MB")
+    return ", ".join(parts)
+
+
+MEASURABLE_HERE = ("onnxruntime", "cpu", "gpu")
+
+
+def _remeasure_plan(args, predictor, protocol) -> bool:
+    """Re-measure the best candidates (default when the predictor's protocol names a backend this machine runs);
+    ``latency-source predictor`` keeps the predicted figures, ``measure`` insists."""
+    backend = protocol.backend if predictor is not None and predictor.protocol is not None else None
+    if args.latency_source == "predictor":
+        print("| latency-source predictor: the winner's latency is predicted, not re-measured")
+        return False
+    if backend is None:
+        if args.latency_source == "measure":
+            raise ConfigError("latency-source measure needs a predictor trained on a dataset that records its "
+                              "protocol (latency_dataset.py writes it)")
+        print("| the predictor records no measuring protocol: the winner is not re-measured (its latency is predicted)")
+        return False
+    if backend not in MEASURABLE_HERE:
+        if args.latency_source == "measure":
+            raise ConfigError(f"latency-source measure: the predictor's backend {backend} does not run on this machine")
+        print(f"| the predictor's backend {backend} runs on the board: the winner is not re-measured here")
+        return False
+    return True
+
+
 def _remeasure(evo, args, opt, protocol):
-    """Measure the best feasible candidates on the configured backend and keep the best one that still fits."""
+    """Measure the ``measure-top`` best candidates (by loss; all fit the budget as predicted) with the predictor's
+    protocol and return (the best whose MEASURED latency and memory fit the budget or None, every measurement)."""
     from hat.latency import backends
     from hat.latency.protocol import measure
 
-    backend = backends.make(backend_name(args), args, opt, protocol)
+    backend = backends.make(protocol.backend, args, opt, protocol)
+    why = backend.protocol.mismatch(protocol)
+    if why:
+        raise ConfigError(f"cannot measure with the predictor's protocol here ({why})")
+    if backend.protocol.machine != protocol.machine:
+        print(f"| note: the predictor's dataset was measured on {protocol.machine}; re-measuring on "
+              f"{backend.protocol.machine}")
     ranked = sorted(evo.evaluated.values(), key=lambda c: (c.loss, c.config.key()))[: args.measure_top]
+    measured, best = {}, None
     for c in ranked:
         m = measure(backend, c.config, protocol)
-        row = m.row()
-        c.values = dict(c.values, latency=row["latency_mean_encoder"] + row["latency_mean_decoder"])
-        print(f"| re-measured {c.config.key()}: {m.summary()}")
-    fitting = [c for c in ranked if args.latency_constraint is None or c.values["latency"] <= args.latency_constraint]
-    if not fitting:
-        raise HatError(f"none of the {len(ranked)} best candidates meets the latency constraint when measured on "
-                       f"{backend.source}")
-    return fitting[0], backend.source
+        mem, mem_source = _measured_memory(c.config, opt, protocol, args)
+        fits = ((args.latency_constraint is None or m.total <= args.latency_constraint)
+                and (args.memory_constraint is None or mem <= args.memory_constraint))
+        measured[c.config.key()] = {"latency": m.total, "latency_source": m.source, "memory": mem,
+                                    "memory_source": mem_source, "fits": fits}
+        print(f"| re-measured {c.config.key()} (valid loss {c.loss:.4f}): {m.summary()}; memory {mem:.3f} MB "
+              f"[{mem_source}]; {'fits' if fits else 'OVER'} the budget ({_budget(args)})")
+        if fits and best is None:
+            best = c
+    return best, measured
+
+
+def _measured_memory(cfg, opt, protocol, args):
+    """(MB, source) of the candidate's memory for the budget check: the memory model at memory-precision (labelled);
+    see hat/latency/memory_probe.py for the measured peak."""
+    from hat import memory
+
+    return float(memory.memory_mb(cfg, opt, args.memory_precision, protocol)), f"memory model ({args.memory_precision})"

@@ -1,12 +1,15 @@
 """latency_dataset.py: sample SubTransformers from a space and measure each one itself on a backend.
 
-    python latency_dataset.py --configs=configs/demo.de-en/latency_dataset/onnxruntime.yml
+    python latency_dataset.py --configs=configs/demo.de-en/latency_dataset/onnxruntime.yml [--lat-workers 2]
 
 The YAML is HAT's latency_dataset layout (the space and model keys of the SuperTransformer plus ``lat-dataset-path``,
 ``lat-dataset-size``, ``latcpu``/``latgpu``, ``latiter``, ``latsilent``) with ``latency-backend`` choosing any
-backend (cpu, gpu, onnxruntime, npu, npu-adb). ``npu`` times nothing here: it builds a bundle of RKNN models for the
-board (hat/latency/board.py runs it there) and ``--collect RESULTS.jsonl`` merges the board's results into the
-dataset; see :mod:`hat.latency.npu_bundle`. Runs without fairseq.
+backend (cpu, gpu, onnxruntime, npu, npu-adb) and the protocol keys (``lat-estimator``, ``lat-pin``,
+``lat-threads``, ...). Every row records the protocol it was measured with; rows of another protocol are never
+appended to a file. ``npu`` times nothing here: it builds a bundle of RKNN models for the board
+(hat/latency/board.py runs it there) and ``--collect RESULTS.jsonl`` merges the board's results into the dataset;
+see :mod:`hat.latency.npu_bundle`. ``lat-workers N`` measures N SubTransformers at a time, each process pinned to its
+own core (with ``lat-pin``). Runs without fairseq.
 """
 from __future__ import annotations
 
@@ -14,13 +17,66 @@ import sys
 from typing import List, Optional
 
 from hat.args import add_latency_args, backend_name, parse_args, stage_context
+from hat.errors import ConfigError
 
 
 def _memory_model(opt, protocol):
-    """Estimated memory columns from the memory model."""
+    """Memory columns of a row from the memory model."""
     from hat import memory
 
     return lambda cfg: memory.dataset_columns(cfg, opt, protocol)
+
+
+# ---- parallel workers (lat-workers): one backend per process, each process on its own core ----------------------
+_WORKER = {}
+
+
+def _worker_init(cores, args, opt, protocol, name):
+    import os
+
+    core = cores.get()
+    os.sched_setaffinity(0, {core})
+    from hat.latency import backends
+
+    _WORKER["backend"] = backends.make(name, args, opt, protocol, log=lambda *a, **k: None)
+
+
+def _worker_measure(cfg_json):
+    from hat.latency.protocol import measure
+    from hat.space import SubConfig
+
+    b = _WORKER["backend"]
+    m = measure(b, SubConfig.from_json(cfg_json), b.protocol)
+    return m
+
+
+def _measure_all(todo, args, opt, protocol, name, backend):
+    """Yield (cfg, Measurement) for every config of ``todo``: in this process, or in ``lat-workers`` processes."""
+    from hat.latency.protocol import measure
+
+    n = int(args.lat_workers or 1)
+    if n <= 1:
+        for cfg in todo:
+            yield cfg, measure(backend, cfg, backend.protocol)
+        return
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    cores = sorted(os.sched_getaffinity(0))
+    if n > len(cores):
+        raise ConfigError(f"lat-workers {n}: only {len(cores)} cores available to pin one worker each")
+    if not backend.protocol.pin:
+        raise ConfigError("lat-workers needs lat-pin: each worker measures pinned to its own core")
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    for c in cores[-n:]:
+        q.put(c)
+    with ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_init,
+                             initargs=(q, args, opt, protocol, name)) as ex:
+        futures = {ex.submit(_worker_measure, cfg.to_json()): cfg for cfg in todo}
+        for f in as_completed(futures):
+            yield futures[f], f.result()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -28,7 +84,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from hat.latency import backends, npu_bundle
     from hat.latency.dataset import DatasetWriter, sample_configs
-    from hat.latency.protocol import measure
 
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv, "Sample SubTransformers and measure each one itself (HAT's latency_dataset.py)",
@@ -51,19 +106,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                                argv=argv)
         return 0
     backend = backends.make(name, args, opt, protocol)
+    proto = backend.protocol
+    writer.check_protocol(proto)
     detail = f"; {backend.detail}" if getattr(backend, "detail", None) else ""
     print(f"| {len(writer.done)} rows already in {args.lat_dataset_path}; measuring {len(todo)} SubTransformers on "
-          f"{backend.source} (src {protocol.src_len}, tgt {protocol.tgt_len}, beam {protocol.beam}, "
-          f"{protocol.warmup} warm-up + {protocol.repeats} timed runs, trim {protocol.trim:.0%}{detail})", flush=True)
-    bar = tqdm(todo, unit="config", file=sys.stderr, disable=not todo)
-    for cfg in bar:
-        m = measure(backend, cfg, protocol)
+          f"{backend.source} ({proto.describe()}{detail})", flush=True)
+    bar = tqdm(total=len(todo), unit="config", file=sys.stderr, disable=not todo)
+    for cfg, m in _measure_all(todo, args, opt, protocol, name, backend):
         mem = memory_of(cfg)
         if "measured_memory_mb" in m.extra:
             mem["measured_memory_mb"] = m.extra["measured_memory_mb"]
-        row = writer.add(cfg, m.row(), mem, backend.name, m.source)
+        row = writer.add(cfg, m.row(), mem, backend.name, m.source, proto)
         if not args.latsilent:
             bar.write(f"{cfg.key()}: {m.summary()}")
+        bar.update(1)
         bar.set_postfix(ms=f"{row['latency_mean_encoder'] + row['latency_mean_decoder']:.1f}")
+    bar.close()
     print(f"| {len(writer.done)} rows in {args.lat_dataset_path}")
     return 0

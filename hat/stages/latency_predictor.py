@@ -191,6 +191,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           size=args.lat_dataset_size)
     print(f"| {len(data)} SubTransformers from {data.path} ({data.layout} layout), latency {data.source}, "
           f"{len(data.feature_names)} features: {', '.join(data.feature_names)}")
+    if data.protocols:
+        from hat.latency.protocol import Protocol
+
+        print(f"| measured with one protocol: {Protocol.from_json(data.protocols[0]).describe()}")
+    elif data.layout == "ours":
+        print("| the dataset records no measuring protocol (older format): the predictor will carry none")
     if space is not None:
         print(f"| search space {space.fingerprint()} from {space.source}: features normalised by its largest values")
         if args.feature_norm is not None:
