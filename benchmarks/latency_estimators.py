@@ -48,7 +48,7 @@ def main(argv=None):
     runs, argv = pop(argv, "--runs", 30)
     warmup, argv = pop(argv, "--warmup", 5)
     out, argv = pop(argv, "--out", "benchmarks/results/latency_estimators", str)
-    args = parse_args(argv + ["--lat-vocab-size", "8004"], "latency estimators", hooks=(add_latency_args,))
+    args = parse_args(argv + ["--lat-vocab-size", "7904"], "latency estimators", hooks=(add_latency_args,))
     ctx = stage_context(args)
     base = ctx.protocol
     cores = sorted(os.sched_getaffinity(0))

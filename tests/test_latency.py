@@ -1,5 +1,3 @@
-import csv
-import io
 import json
 import os
 import signal
@@ -10,8 +8,7 @@ import time
 import pytest
 
 from conftest import FIXTURES, ROOT, run_script
-from hat.latency import board
-from hat.latency.dataset import COLUMNS, DatasetWriter, read_rows
+from hat.latency.dataset import read_rows
 from hat.latency.protocol import Backend, Protocol, measure, trimmed_stats
 from hat.models import ModelOptions
 from hat.space import SearchSpace
@@ -165,104 +162,3 @@ def test_unknown_key_in_latency_config(tmp_path):
     bad.write_text(open(TINY).read() + "lat-dataset-sise: 3\n")
     r = run_script("latency_dataset.py", f"--configs={bad}")
     assert r.returncode == 2 and f"unknown key 'lat-dataset-sise' in {bad}" in r.stderr
-
-
-# ---- board runner, tested at its API boundary with a fake of rknn-toolkit-lite2 ------------------------------------
-class FakeRKNNLite:
-    """Stands in for rknnlite.api.RKNNLite (which exists only on the board): same methods, no NPU, fixed outputs."""
-
-    NPU_CORE_AUTO, NPU_CORE_0, NPU_CORE_1, NPU_CORE_2, NPU_CORE_0_1, NPU_CORE_0_1_2 = 0, 1, 2, 4, 3, 7
-    calls = []
-    formats = []  # (file, data_format) of every inference call
-    now = 0.0  # a fake clock (seconds): each inference takes 1 ms
-
-    def load_rknn(self, path):
-        self.path = path
-        return 0 if os.path.exists(path) else -1
-
-    def init_runtime(self, core_mask=0):
-        FakeRKNNLite.calls.append(("init", os.path.basename(self.path), core_mask))
-        return 0
-
-    def inference(self, inputs, data_format=None):
-        FakeRKNNLite.calls.append(("infer", os.path.basename(self.path), tuple(a.shape for a in inputs)))
-        FakeRKNNLite.formats.append((os.path.basename(self.path), data_format))
-        FakeRKNNLite.now += 0.001
-        return [inputs[0].astype("float32")]
-
-    def release(self):
-        pass
-
-
-def _bundle(tmp_path, keys):
-    models = []
-    for k in keys:
-        for part in ("enc", "dec"):
-            (tmp_path / f"{k}_{part}.rknn").write_bytes(b"rknn")
-        models.append({
-            "key": k,
-            "encoder": {"file": f"{k}_enc.rknn", "inputs": [{"name": "src_tokens", "shape": [1, 6], "dtype": "int64"}]},
-            "decoder": {"file": f"{k}_dec.rknn", "inputs": [{"name": "tokens", "shape": [2, 1], "dtype": "int64"},
-                                                            {"name": "cache", "shape": [2, 4, 8], "dtype": "float16"}]},
-        })
-    manifest = {"protocol": {"warmup": 1, "repeats": 5, "tgt_len": 3, "trim": 0.1}, "models": models}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    return manifest
-
-
-def test_board_runner_with_fake_rknnlite_writes_and_resumes(tmp_path):
-    _bundle(tmp_path, ["aaa", "bbb"])
-    FakeRKNNLite.calls = []
-    out = board.run(str(tmp_path), core_mask="0_1_2", RKNNLite=FakeRKNNLite, clock=lambda: FakeRKNNLite.now,
-                    log=io.StringIO())
-    lines = [json.loads(x) for x in open(out)]
-    assert [x["key"] for x in lines] == ["aaa", "bbb"]
-    assert all(x["source"] == "measured:board" and len(x["encoder_ms"]) == 5 for x in lines)
-    assert lines[0]["latency_mean_encoder"] == pytest.approx(1.0)
-    assert lines[0]["latency_mean_decoder"] == pytest.approx(3.0)  # 3 steps of 1 ms each
-    assert ("init", "aaa_enc.rknn", FakeRKNNLite.NPU_CORE_0_1_2) in FakeRKNNLite.calls
-    assert ("infer", "aaa_dec.rknn", ((2, 1), (2, 4, 8))) in FakeRKNNLite.calls
-    # resume: a second run measures nothing new
-    FakeRKNNLite.calls = []
-    board.run(str(tmp_path), RKNNLite=FakeRKNNLite, log=io.StringIO())
-    assert FakeRKNNLite.calls == []
-
-
-def test_board_runner_passes_the_manifests_layouts_as_data_format(tmp_path):
-    manifest = _bundle(tmp_path, ["eee"])
-    dec_inputs = manifest["models"][0]["decoder"]["inputs"]
-    dec_inputs[1]["shape"] = [2, 4, 3, 8]  # a 4-D cache, NCHW as exported
-    dec_inputs[1]["layout"] = "nchw"
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    FakeRKNNLite.formats = []
-    board.run(str(tmp_path), RKNNLite=FakeRKNNLite, clock=lambda: FakeRKNNLite.now, log=io.StringIO())
-    formats = set((f, tuple(d) if d else d) for f, d in FakeRKNNLite.formats)
-    assert formats == {("eee_enc.rknn", None), ("eee_dec.rknn", ("nchw", "nchw"))}  # no layout given: not passed
-
-
-def test_board_runner_records_a_failure_without_numbers(tmp_path):
-    _bundle(tmp_path, ["ccc"])
-    os.remove(tmp_path / "ccc_dec.rknn")
-    out = board.run(str(tmp_path), RKNNLite=FakeRKNNLite, log=io.StringIO())
-    rec = json.loads(open(out).read())
-    assert "load_rknn failed" in rec["error"] and "latency_mean_encoder" not in rec
-
-
-def test_board_runner_imports_only_stdlib_numpy_and_rknnlite():
-    import ast
-
-    src = open(board.__file__).read()
-    mods = set()
-    for node in ast.walk(ast.parse(src)):
-        if isinstance(node, ast.Import):
-            mods |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            mods.add(node.module.split(".")[0])
-    allowed = set(sys.stdlib_module_names) | {"numpy", "rknnlite"}
-    assert mods <= allowed, mods - allowed
-
-
-def test_board_runner_without_rknnlite_says_so(tmp_path):
-    _bundle(tmp_path, ["ddd"])
-    r = subprocess.run([sys.executable, board.__file__, str(tmp_path)], capture_output=True, text=True)
-    assert r.returncode == 2 and "rknnlite" in r.stderr and "not installed" in r.stderr

@@ -425,7 +425,7 @@ def test_make_covers_every_backend_name(tmp_path):
     assert set(backends.NAMES) == {"cpu", "gpu", "onnxruntime", "npu", "npu-adb"}
     b = backends.make("cpu", _adb_args(tmp_path, lat_threads=None), _opt(), Protocol())
     assert isinstance(b, TorchBackend) and b.source == "measured:cpu"
-    ort = backends.make("onnxruntime", _adb_args(tmp_path, lat_threads=1), _opt(), Protocol())
+    ort = backends.make("onnxruntime", _adb_args(tmp_path, lat_threads=1), _opt(), Protocol(threads=1))
     assert isinstance(ort, ort_backend.OrtBackend) and ort.threads == 1
     with pytest.raises(ConfigError, match="unknown latency backend 'tpu'"):
         backends.make("tpu", _adb_args(tmp_path), _opt(), Protocol())

@@ -8,7 +8,7 @@
                  ``hat/latency/board.py``, its ``results.jsonl`` merged back with ``--collect``
                  (:mod:`hat.latency.npu_bundle`). Source ``measured:board``.
 ``npu-adb``      a board on USB, driven from this machine through rknn-toolkit2's ``eval_perf`` / ``eval_memory``
-                 (:mod:`hat.latency.adb`). Source ``measured:board-adb``.
+                 (:mod:`hat.latency.adb`). Source ``extrapolated:board-adb`` (one measured decoder step x tgt-len).
 
 Every exported model has random weights (seeded): latency does not depend on their values. Exported files go to
 ``lat-work-dir`` (a temporary directory by default), one subdirectory per SubTransformer key, are reused when already
@@ -41,7 +41,7 @@ def _version(name: str) -> str:
 
     pkg = {"cpu": "torch", "gpu": "torch", "onnxruntime": "onnxruntime", "npu-adb": "rknn-toolkit2"}.get(name)
     try:
-        return f"{pkg} {version(pkg)}" if pkg else ""
+        return (version(pkg) if pkg == name else f"{pkg} {version(pkg)}") if pkg else ""
     except PackageNotFoundError:
         return f"{pkg} (version unknown)"
 

@@ -23,10 +23,11 @@ import numpy as np
 
 from hat.errors import ConfigError
 from hat.io import atomic_output
+from hat.latency.protocol import LATENCY_COLUMNS, Protocol
 from hat.space import FEATURE_NAMES, SearchSpace, SubConfig
 
-LATENCY_COLUMNS = ["latency_mean_encoder", "latency_mean_decoder", "latency_std_encoder", "latency_std_decoder"]
-MEMORY_COLUMNS = ["weight_mb", "activation_mb", "measured_memory_mb"]
+MEMORY_COLUMNS = ["weight_mb", "activation_mb", "memory_model_mb", "memory_model_source", "measured_memory_mb",
+                  "measured_memory_source"]  # every memory figure beside its source (hat.memory.dataset_columns)
 COLUMNS = (["key", "config"] + list(FEATURE_NAMES) + LATENCY_COLUMNS + MEMORY_COLUMNS
            + ["backend", "source", "protocol"])
 TARGET_COLUMNS = tuple(LATENCY_COLUMNS[:2])  # a predictor's target: encoder + decoder mean latency
@@ -93,9 +94,7 @@ def _repair(path: str, rows: List[Dict[str, str]]) -> None:
             w.writerows(rows)
 
 
-def row_protocol(row: Dict[str, str], where: str = "row"):
-    from hat.latency.protocol import Protocol
-
+def row_protocol(row: Dict[str, str], where: str = "row") -> Protocol:
     return Protocol.from_json(row["protocol"], source=where)
 
 
@@ -191,7 +190,7 @@ def _float(v, path, line, col) -> float:
 def _source_label(values: Sequence[str]) -> str:
     vals = sorted({v for v in values if v})
     label = "+".join(vals) if vals else "unknown"
-    return label if label.startswith("measured") else f"measured:{label}"
+    return label if label.startswith(("measured", "extrapolated")) else f"measured:{label}"
 
 
 def read_table(path: str, space: Optional[SearchSpace] = None, size: Optional[int] = None) -> LatencyData:
@@ -271,6 +270,4 @@ def read_table(path: str, space: Optional[SearchSpace] = None, size: Optional[in
 
 def _canonical(text: str, path: str, line: int) -> str:
     """A row's protocol as canonical JSON (field order and spacing do not make two protocols differ)."""
-    from hat.latency.protocol import Protocol
-
     return Protocol.from_json(text, source=f"{path} line {line}").to_json()

@@ -29,6 +29,8 @@ ESTIMATORS = ("trimmed-mean", "median", "p25", "p10", "min", "call-min", "call-p
 # call-*: the decoder's latency is the sum over its steps of each step's min (10th percentile) over the timed runs,
 # the encoder's the min (10th percentile) of its calls: the shortest units of work, each of which a shared machine
 # leaves undisturbed in some run
+# a measurement's columns in the latency dataset (HAT's four)
+LATENCY_COLUMNS = ["latency_mean_encoder", "latency_mean_decoder", "latency_std_encoder", "latency_std_decoder"]
 # what makes two measurements comparable (the where -- backend version, machine -- is recorded beside)
 MEASURING = ("backend", "src_len", "tgt_len", "beam", "batch", "warmup", "repeats", "estimator", "trim", "threads",
              "pin")
@@ -217,9 +219,7 @@ class Measurement:
         return self.encoder[0] + self.decoder[0]
 
     def row(self) -> Dict[str, float]:
-        """The dataset's latency columns (:data:`hat.latency.dataset.LATENCY_COLUMNS`)."""
-        from hat.latency.dataset import LATENCY_COLUMNS
-
+        """The dataset's latency columns (:data:`LATENCY_COLUMNS`)."""
         (em, es), (dm, ds) = self.encoder, self.decoder
         return dict(zip(LATENCY_COLUMNS, (em, dm, es, ds)))
 

@@ -12,6 +12,12 @@ from hat.io import write_json, write_text
 from hat.pipeline.runner import ROOT, rel
 
 
+def memory_source() -> str:
+    from hat.memory import model_source
+
+    return model_source("fp16")
+
+
 def memory_mb(cfg, opt, protocol) -> float:
     """The memory model's fp16 footprint of SubTransformer ``cfg`` at the protocol's shapes (MB)."""
     from hat.memory import memory_mb as model_memory_mb
@@ -48,7 +54,7 @@ def table(res: Path, rows: List[dict], lat: dict, budget: dict, device: str, inh
     the baseline's. Returns the speedup (median over the rounds of baseline / searched in the same round)."""
     s, b = rows[0], rows[1]
     lines = [
-        f"| model | SubTransformer | params (M) [counted] | memory MB fp16 [memory model] | latency ms "
+        f"| model | SubTransformer | params (M) [counted] | memory MB fp16 [{memory_source()}] | latency ms "
         f"[{s['latency_source']}] | latency ms [predicted] | BLEU test [sacrebleu] |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
@@ -63,11 +69,11 @@ def table(res: Path, rows: List[dict], lat: dict, budget: dict, device: str, inh
                  f"interleaved rounds of baseline/searched in the same round], BLEU {s['bleu'] - b['bleu']:+.2f}, "
                  f"memory {s['memory_mb_fp16'] / b['memory_mb_fp16']:.2f}x; budget: <= "
                  f"{budget['latency_constraint']} ms [predicted], <= {budget['memory_constraint']:.2f} MB "
-                 f"[memory model]; device {device} ({how})")
+                 f"[{memory_source()}]; device {device} ({how})")
     ok = lambda v, lim: "pass" if v <= lim else "FAIL"
     lines.append(f"budget check of the searched model: latency {s['latency_ms']:.2f} ms [{s['latency_source']}] <= "
                  f"{budget['latency_constraint']} ms: {ok(s['latency_ms'], budget['latency_constraint'])}; memory "
-                 f"{s['memory_mb_fp16']:.3f} MB [memory model, fp16] <= {budget['memory_constraint']:.3f} MB: "
+                 f"{s['memory_mb_fp16']:.3f} MB [{memory_source()}] <= {budget['memory_constraint']:.3f} MB: "
                  f"{ok(s['memory_mb_fp16'], budget['memory_constraint'])}")
     best = min(lat["baseline"]["rounds_ms"]) / min(lat["searched"]["rounds_ms"])
     lines.append(f"(fastest round of each: {best:.2f}x; every round in {rel(ROOT / res)}/table.json)")

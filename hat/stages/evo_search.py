@@ -119,7 +119,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             protocol = predictor.protocol
     remeasure = _remeasure_plan(args, predictor, protocol)
     lat_source = "predicted"
-    mem_source = f"memory model ({args.memory_precision})"
+    mem_source = memory.model_source(args.memory_precision)
     constraints = [
         Constraint("latency", args.latency_constraint,
                    (lambda c: float(predictor.predict([c])[0])) if predictor else (lambda c: float("nan")), "ms",
@@ -229,8 +229,18 @@ def _remeasure(evo, args, opt, protocol):
 
 
 def _measured_memory(cfg, opt, protocol, args):
-    """(MB, source) of the candidate's memory for the budget check: the memory model at memory-precision (labelled);
-    see hat/latency/memory_probe.py for the measured peak."""
+    """(MB, source) of the candidate's memory for the budget check: measured peak of the exported graphs in a fresh
+    onnxruntime process when the budget's precision is the one onnxruntime runs (fp32); the memory model at
+    memory-precision otherwise (fp16/int8 budgets are for the NPU, which is not here), labelled as such."""
     from hat import memory
 
-    return float(memory.memory_mb(cfg, opt, args.memory_precision, protocol)), f"memory model ({args.memory_precision})"
+    if protocol.backend == "onnxruntime" and args.memory_precision == "fp32":
+        import tempfile
+
+        from hat.latency.memory_probe import measure_memory
+
+        with tempfile.TemporaryDirectory(prefix="hat-mem-") as d:
+            r = measure_memory(cfg, opt, protocol, d)
+        return float(r.measured_mb), r.source
+    return (float(memory.memory_mb(cfg, opt, args.memory_precision, protocol)),
+            memory.model_source(args.memory_precision))

@@ -20,11 +20,11 @@ from hat.args import add_latency_args, backend_name, parse_args, stage_context
 from hat.errors import ConfigError
 
 
-def _memory_model(opt, protocol):
-    """Memory columns of a row from the memory model."""
+def _memory_model(opt, protocol, backend: str):
+    """Memory columns of a row from the memory model, at the backend's precision (fp16 on the NPU)."""
     from hat import memory
 
-    return lambda cfg: memory.dataset_columns(cfg, opt, protocol)
+    return lambda cfg: memory.dataset_columns(cfg, opt, protocol, backend=backend)
 
 
 # ---- parallel workers (lat-workers): one backend per process, each process on its own core ----------------------
@@ -90,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                       hooks=(add_latency_args,))
     ctx = stage_context(args)
     space, opt, protocol = ctx.space, ctx.options, ctx.protocol
-    memory_of = _memory_model(opt, protocol)
+    memory_of = _memory_model(opt, protocol, "npu" if args.collect else backend_name(args))
     if args.collect:  # the board's results.jsonl (latency-backend npu) -> dataset rows, measured:board
         writer = DatasetWriter(args.lat_dataset_path)
         known = npu_bundle.known_configs(args.collect, args, space, args.lat_dataset_size, args.lat_seed)
@@ -115,7 +115,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     for cfg, m in _measure_all(todo, args, opt, protocol, name, backend):
         mem = memory_of(cfg)
         if "measured_memory_mb" in m.extra:
-            mem["measured_memory_mb"] = m.extra["measured_memory_mb"]
+            from hat import memory
+
+            mem.update(memory.measured_columns(m.extra["measured_memory_mb"], m.source))
         row = writer.add(cfg, m.row(), mem, backend.name, m.source, proto)
         if not args.latsilent:
             bar.write(f"{cfg.key()}: {m.summary()}")
