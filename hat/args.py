@@ -139,14 +139,16 @@ def add_latency_args(parser) -> None:
     add("--lat-trim", type=float, default=None,
         help="trimmed-mean: share of fastest and of slowest runs dropped (protocol default 0.1)")
     add("--lat-estimator", choices=ESTIMATORS, default=None,
-        help="one latency from the timed runs (protocol default: see hat/latency/protocol.py)")
+        help="one latency from the timed runs (protocol default call-min: the sum of each call's fastest run)")
     add("--lat-pin", action="store_true", default=None, help="pin the measuring process to one core")
     add("--lat-src-len", type=int, default=None,
         help="source length of the dummy sentence (HAT: 30 WMT, 23 IWSLT; protocol default 30)")
     add("--lat-tgt-len", type=int, default=None, help="decoder steps per run (protocol default 30)")
     add("--lat-threads", type=int, default=None, help="intra-op threads for cpu/onnxruntime (default: all cores)")
     add("--lat-workers", type=int, default=1,
-        help="latency_dataset.py: measuring processes, each pinned to its own core (needs lat-pin)")
+        help="latency_dataset.py: measuring processes, each pinned to its own core (needs lat-pin); recorded in "
+             "the protocol: parallel workers slow each other (on the H200 host, 14 workers measured a median 10 %% "
+             "slower than one process), so their rows are not comparable with a serial measurement")
     add("--lat-vocab-size", type=int, default=None, help="vocabulary size when the data dir has no dictionary")
     add("--lat-dataset-path", default="latency_dataset/lat.csv", help="CSV to write (appended row by row)")
     add("--lat-dataset-size", type=int, default=200, help="number of sampled SubTransformers")

@@ -241,8 +241,10 @@ class Evolution:
             best = parents[0]
             self.history.append({"iteration": it + 1, "best_loss": best.loss, "best": best.config.key(),
                                  **{f"best_{k}": v for k, v in best.values.items()}})
-            self.log(f"| iteration {it + 1}: best loss {best.loss:.4f} "
-                     + " ".join(f"{k} {v:.3f}" for k, v in best.values.items()))
+            units = {c.name: (c.unit, c.source) for c in self.constraints}
+            self.log(f"| iteration {it + 1}: best loss {best.loss:.4f}, "
+                     + ", ".join(f"{k} {v:.3f} {units.get(k, ('', ''))[0]} [{units.get(k, ('', '?'))[1]}]"
+                                 for k, v in best.values.items()))
             mutations = [
                 self._draw(lambda: self.codec.mutate(rng.choice(parents).gene, self.p.mutation_prob, rng))
                 for _ in range(self.p.mutation_size)

@@ -33,7 +33,7 @@ ESTIMATORS = ("trimmed-mean", "median", "p25", "p10", "min", "call-min", "call-p
 LATENCY_COLUMNS = ["latency_mean_encoder", "latency_mean_decoder", "latency_std_encoder", "latency_std_decoder"]
 # what makes two measurements comparable (the where -- backend version, machine -- is recorded beside)
 MEASURING = ("backend", "src_len", "tgt_len", "beam", "batch", "warmup", "repeats", "estimator", "trim", "threads",
-             "pin")
+             "pin", "workers")
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,10 @@ class Protocol:
     warmup: int = 5
     repeats: int = 20
     trim: float = 0.1
-    estimator: str = "trimmed-mean"
+    estimator: str = "call-min"  # chosen by benchmarks/latency_estimators.py (benchmarks/README.md, P5)
     threads: Optional[int] = None
     pin: bool = False
+    workers: int = 1  # SubTransformers measured at the same time, one process each (latency_dataset.py lat-workers)
     backend: str = ""
     backend_version: str = ""
     machine: str = ""
@@ -112,7 +113,8 @@ class Protocol:
                 f"batch {self.batch}, src {self.src_len}, tgt {self.tgt_len}, beam {self.beam}, {self.warmup} warm-up "
                 f"+ {self.repeats} timed runs, {self.estimator}"
                 + (f" (trim {self.trim:.0%})" if self.estimator == "trimmed-mean" else "")
-                + f", {thr}" + (", pinned to one core" if self.pin else ""))
+                + f", {thr}" + (", pinned to one core" if self.pin else "")
+                + (f", {self.workers} parallel workers" if self.workers != 1 else ""))
 
 
 def this_machine() -> str:

@@ -205,6 +205,11 @@ def _remeasure(evo, args, opt, protocol):
     from hat.latency import backends
     from hat.latency.protocol import measure
 
+    if protocol.workers != 1:
+        raise ConfigError(f"the predictor's dataset was measured with {protocol.workers} parallel workers, which "
+                          f"slow each other down (benchmarks/README.md); a re-measurement runs one process, so it "
+                          f"cannot check the winner: use latency-source predictor, or a dataset measured with "
+                          f"lat-workers 1")
     backend = backends.make(protocol.backend, args, opt, protocol)
     why = backend.protocol.mismatch(protocol)
     if why:

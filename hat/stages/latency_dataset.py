@@ -17,6 +17,8 @@ import sys
 from typing import List, Optional
 
 from hat.args import add_latency_args, backend_name, parse_args, stage_context
+from dataclasses import replace
+
 from hat.errors import ConfigError
 
 
@@ -89,7 +91,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv, "Sample SubTransformers and measure each one itself (HAT's latency_dataset.py)",
                       hooks=(add_latency_args,))
     ctx = stage_context(args)
-    space, opt, protocol = ctx.space, ctx.options, ctx.protocol
+    space, opt = ctx.space, ctx.options
+    protocol = replace(ctx.protocol, workers=max(1, int(args.lat_workers or 1)))
     memory_of = _memory_model(opt, protocol, "npu" if args.collect else backend_name(args))
     if args.collect:  # the board's results.jsonl (latency-backend npu) -> dataset rows, measured:board
         writer = DatasetWriter(args.lat_dataset_path)
