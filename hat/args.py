@@ -11,6 +11,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence
 
+from hat.config import float_between, int_at_least
 from hat.errors import ConfigError
 from hat.latency.protocol import ESTIMATORS, Protocol
 from hat.space import CHOICE_KEYS, SUB_KEYS, SUPER_KEYS, SearchSpace, SubConfig
@@ -133,25 +134,28 @@ def add_latency_args(parser) -> None:
     add("--latcpu", action="store_true", help="measure on the CPU with torch (HAT)")
     add("--latgpu", action="store_true", help="measure on the GPU with torch (HAT)")
     add("--latnpu", action="store_true", help="measure a converted RKNN model on the board")
-    add("--latiter", type=int, default=None, help="timed runs per SubTransformer (HAT; protocol default 20)")
+    add("--latiter", type=int_at_least(1), default=None,
+        help="timed runs per SubTransformer (HAT; protocol default 20)")
     add("--latsilent", action="store_true", help="no per-run printing (HAT)")
-    add("--lat-warmup", type=int, default=None, help="untimed runs before timing (protocol default 5)")
-    add("--lat-trim", type=float, default=None,
+    add("--lat-warmup", type=int_at_least(0), default=None, help="untimed runs before timing (protocol default 5)")
+    add("--lat-trim", type=float_between(0.0, 0.5, high_open=True), default=None,
         help="trimmed-mean: share of fastest and of slowest runs dropped (protocol default 0.1)")
     add("--lat-estimator", choices=ESTIMATORS, default=None,
         help="one latency from the timed runs (protocol default call-min: the sum of each call's fastest run)")
     add("--lat-pin", action="store_true", default=None, help="pin the measuring process to one core")
-    add("--lat-src-len", type=int, default=None,
+    add("--lat-src-len", type=int_at_least(1), default=None,
         help="source length of the dummy sentence (HAT: 30 WMT, 23 IWSLT; protocol default 30)")
-    add("--lat-tgt-len", type=int, default=None, help="decoder steps per run (protocol default 30)")
-    add("--lat-threads", type=int, default=None, help="intra-op threads for cpu/onnxruntime (default: all cores)")
-    add("--lat-workers", type=int, default=1,
+    add("--lat-tgt-len", type=int_at_least(1), default=None, help="decoder steps per run (protocol default 30)")
+    add("--lat-threads", type=int_at_least(1), default=None,
+        help="intra-op threads for cpu/onnxruntime (default: all cores)")
+    add("--lat-workers", type=int_at_least(1), default=1,
         help="latency_dataset.py: measuring processes, each pinned to its own core (needs lat-pin); recorded in "
              "the protocol: parallel workers slow each other (on the H200 host, 14 workers measured a median 10 %% "
              "slower than one process), so their rows are not comparable with a serial measurement")
-    add("--lat-vocab-size", type=int, default=None, help="vocabulary size when the data dir has no dictionary")
+    add("--lat-vocab-size", type=int_at_least(1), default=None,
+        help="vocabulary size when the data dir has no dictionary")
     add("--lat-dataset-path", default="latency_dataset/lat.csv", help="CSV to write (appended row by row)")
-    add("--lat-dataset-size", type=int, default=200, help="number of sampled SubTransformers")
+    add("--lat-dataset-size", type=int_at_least(1), default=200, help="number of sampled SubTransformers")
     add("--lat-seed", type=int, default=1, help="sampling seed")
     add("--latency-backend", choices=LATENCY_BACKENDS, default=None, help="backend (default: from latcpu/latgpu)")
     add("--lat-work-dir", default=None, help="where backends keep exported models (onnxruntime, npu)")
@@ -232,12 +236,12 @@ def add_evo_args(parser):
     names = {o for a in parser._actions for o in a.option_strings}
     add = lambda flag, **kw: g.add_argument(flag, **kw) if flag not in names else None
     add("--evo-configs", help="YAML with the search settings")
-    add("--evo-iter", type=int, default=30)
-    add("--population-size", type=int, default=125)
-    add("--parent-size", type=int, default=25)
-    add("--mutation-size", type=int, default=50)
-    add("--crossover-size", type=int, default=50)
-    add("--mutation-prob", type=float, default=0.3)
+    add("--evo-iter", type=int_at_least(1), default=30)
+    add("--population-size", type=int_at_least(1), default=125)
+    add("--parent-size", type=int_at_least(1), default=25)
+    add("--mutation-size", type=int_at_least(0), default=50)
+    add("--crossover-size", type=int_at_least(0), default=50)
+    add("--mutation-prob", type=float_between(0.0, 1.0), default=0.3)
     add("--evo-seed", type=int, default=1, help="seed of the evolution")
     add("--ckpt-path", help="latency predictor checkpoint (latency_predictor.py)")
     add("--feature-norm", type=float, nargs="+", help="HAT's; ignored: normalisation travels in the predictor")
@@ -246,11 +250,11 @@ def add_evo_args(parser):
     add("--latency-constraint", type=float, default=None, help="ms (predicted, or measured with latency-source)")
     add("--memory-constraint", type=float, default=None, help="MB at memory-precision (weights + activations)")
     add("--memory-precision", default="fp16", choices=["fp32", "fp16", "int8"], help="deployed precision")
-    add("--valid-cnt-max", type=int, default=int(1e9), help="validation batches per candidate")
+    add("--valid-cnt-max", type=int_at_least(1), default=int(1e9), help="validation batches per candidate")
     add("--latency-source", default=None, choices=["predictor", "measure"],
         help="the winner's check: measure (default where the predictor's backend runs here) re-measures the best "
              "candidates with the predictor's protocol and keeps the best that fits; predictor trusts the prediction")
-    add("--measure-top", type=int, default=5, help="candidates re-measured (best validation loss first)")
+    add("--measure-top", type=int_at_least(0), default=5, help="candidates re-measured (best validation loss first)")
     add("--candidates-path", help="CSV of every evaluated candidate (default: next to write-config-path)")
     add("--plot-path", help="PNG of loss vs latency (default: next to write-config-path)")
     add("--state-path", help="search state for resuming (default: next to write-config-path)")

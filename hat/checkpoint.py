@@ -42,6 +42,26 @@ def _core_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
+def check_readable(path: str, what: str, hint: str) -> None:
+    """``path`` is a whole torch checkpoint (a zip whose central directory is intact and holds a pickle; an old
+    non-zip file is loaded), else one :class:`CheckpointError`: ``what: why; hint``. A truncated file (a run killed
+    while saving, a copy cut short) loses the zip's central directory at its end."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                if any(n.endswith("data.pkl") for n in z.namelist()):
+                    return
+            raise CheckpointError(f"{what}: a zip file, but not a torch checkpoint; {hint}")
+        torch.load(path, map_location="cpu", weights_only=False)  # an old (non-zip) torch file
+    except CheckpointError:
+        raise
+    except Exception as e:  # a corrupt file can raise almost anything from the unpickler
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{what}: truncated or corrupt ({msg}); {hint}") from None
+
+
 def load_model(path: str) -> LoadedModel:
     """Load a train.py checkpoint as a standalone :class:`SuperTransformer` (CPU, eval mode)."""
     if not path or not os.path.isfile(path):

@@ -16,12 +16,59 @@ from hat.errors import ConfigError
 CONFIG_FLAGS = ("--configs", "--sub-configs")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, except that a key given twice in one mapping is an error (yaml keeps the last value
+    silently; a config whose first value is quietly ignored is a mistake the user should see)."""
+
+
+def _unique_mapping(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # the constructor below reports an unhashable key
+        if key in seen:
+            raise _DuplicateKey(key, seen[key], key_node.start_mark.line + 1)
+        seen[key] = key_node.start_mark.line + 1
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key, first: int, again: int):
+        super().__init__(key, first, again)
+        self.key, self.first, self.again = key, first, again
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_yaml(path: str) -> Dict[str, object]:
+    """A YAML mapping from ``path``; every problem (missing, not UTF-8, not YAML, not a mapping, a key given twice)
+    is one :class:`ConfigError` naming the file."""
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path} is a directory, not a YAML file")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path} line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as "
+                          f"UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path} line {e.again}: key '{e.key}' given twice (first on line {e.first}); keep one"
+                          ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -30,7 +77,47 @@ def load_yaml(path: str) -> Dict[str, object]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
-    return {str(k): v for k, v in data.items()}
+    out: Dict[str, object] = {}
+    spelled: Dict[str, str] = {}
+    for k, v in data.items():
+        norm = str(k).replace("_", "-")
+        if norm in spelled:  # lat_iter and lat-iter are one key
+            raise ConfigError(f"{path}: key '{norm}' given twice (as '{spelled[norm]}' and '{k}'); keep one")
+        spelled[norm] = str(k)
+        out[str(k)] = v
+    return out
+
+
+def int_at_least(low: int):
+    """An argparse ``type``: an integer >= ``low`` (the error is one line through the stage parsers)."""
+
+    def parse(text):
+        try:
+            v = int(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+
+    parse.__name__ = f"int>={low}"
+    return parse
+
+
+def float_between(low: float, high: float, high_open: bool = False):
+    """An argparse ``type``: a float in [low, high] (or [low, high) with ``high_open``)."""
+
+    def parse(text):
+        try:
+            v = float(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+        if not (low <= v <= high) or (high_open and v >= high):
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}{')' if high_open else ']'}, got {v}")
+        return v
+
+    parse.__name__ = "float"
+    return parse
 
 
 def _scalar(v) -> str:

@@ -11,8 +11,9 @@ name -> kind, url (or gdrive_id), filename, sha256, size. Rules:
 
 * a file is written as ``<name>.part`` and renamed to its final name only once it is complete and verified, so a
   final name never holds a partial file; a ``.part`` left by an interrupted run is resumed with an HTTP Range request;
-* the sha256 (and size) are checked when the registry knows them; a mismatch removes the download and fails;
-  otherwise the sha256 of what arrived is printed, to pin it in the registry;
+* the sha256 (and size) are checked when the registry (or ``--sha256``) knows them; a mismatch removes the download
+  and fails; otherwise the sha256 of what arrived is printed, to pin it in the registry; a file already there is
+  checked against a known sha256 too (a mismatch fails and says to remove it), never trusted unverified;
 * Google Drive files go through ``gdown`` (an error says how to install it when it is missing), the rest through
   plain HTTP(S) (urllib);
 * ``$HAT_DATA_URL_BASE`` replaces where every file is fetched from: the URL becomes ``<base>/<filename>`` (a mirror,
@@ -129,6 +130,30 @@ def check_reachable(url: str, timeout: float = 5.0) -> None:
         raise DownloadError(
             f"cannot reach {via}{host}:{port} ({why}): downloading needs a network connection"
         ) from None
+
+
+def check_sha256(sha256: Optional[str], what: str = "--sha256") -> Optional[str]:
+    """``sha256`` as 64 lower-case hex digits (None stays None), else one :class:`DownloadError` line."""
+    if sha256 is None:
+        return None
+    digest = sha256.strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise DownloadError(f"{what} must be 64 hex digits, got {sha256!r}")
+    return digest
+
+
+def verify_present(path: str, sha256: Optional[str], quiet: bool = False) -> bool:
+    """A file already at ``path``: checked against ``sha256`` when it is known (a mismatch is one line saying what
+    to do; the file is left for the user to look at). Returns True when it was verified."""
+    if sha256:
+        digest = sha256_file(path)
+        if digest.lower() != sha256.lower():
+            raise DownloadError(f"{path} exists but its sha256 is {digest}, not the expected {sha256.lower()}: "
+                                f"remove it to download again")
+    if not quiet:
+        state = "verified" if sha256 else "not verified: no sha256 given"
+        print(f"{path}: already downloaded ({state})", file=sys.stderr)
+    return bool(sha256)
 
 
 def _verify(part: str, final: str, sha256: Optional[str], size: Optional[int]) -> str:
@@ -250,10 +275,7 @@ def fetch(entry: Entry, dest_dir: str, timeout: float = 30.0, quiet: bool = Fals
     """Download one registry entry into ``dest_dir`` (skipped when already there and verified). Returns its path."""
     final = os.path.join(dest_dir, entry.filename)
     if os.path.exists(final):
-        if entry.sha256 and sha256_file(final).lower() != entry.sha256.lower():
-            raise DownloadError(f"{final} exists but its sha256 is not the registry's: remove it to download again")
-        if not quiet:
-            print(f"{final}: already downloaded", file=sys.stderr)
+        verify_present(final, entry.sha256, quiet)
         return final
     url = url_for(entry)
     if check:

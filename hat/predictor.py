@@ -459,7 +459,15 @@ class LatencyPredictor:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a corrupt or foreign file can raise almost anything from the unpickler
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            import pickle
+            import re
+
+            text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e))  # torch colours its weights_only message
+            if isinstance(e, pickle.UnpicklingError) and "weights only load failed" in text.lower():
+                raise CheckpointError(f"{path} is not a latency predictor checkpoint (it holds Python objects, not "
+                                      f"only tensors: a train.py checkpoint? write a predictor with "
+                                      f"latency_predictor.py)") from None
+            msg = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
             raise CheckpointError(f"cannot load latency predictor {path}: {msg}") from None
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not a latency predictor checkpoint (write one with latency_predictor.py)")

@@ -4,17 +4,25 @@ A gene is HAT's flat list (encoder embed, layer num, per-layer ffn and heads for
 likewise, arbitrary en-de attention) plus the qkv dim. Every candidate admitted to a population satisfies every
 constraint; children that do not are redrawn (a bounded number of tries). Fitness (lower is better: validation loss
 with inherited weights) is computed once per distinct SubTransformer. The state is saved after every iteration, so
-running the same command again continues where it stopped and ends at the same result as an uninterrupted run.
+running the same command again continues where it stopped and ends at the same result as an uninterrupted run, with
+every candidate evaluated before the interruption (the candidates CSV and plot are complete).
+
+A state is resumed only by a search with the same inputs: the evo params, the space, the constraints, the inputs
+its losses depend on (``inputs``: the SuperTransformer's sha256, the valid split and its batches, given by the
+caller) and the same constraint values for its candidates (a changed predictor, memory precision or protocol). Any
+difference, a state cut short or damaged, or a state already past ``evo_iter``, is refused in one line that says what
+differs and what to do: its losses would otherwise be mixed with another checkpoint's into one winner.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from hat.errors import ConfigError, HatError
+from hat.errors import CheckpointError, ConfigError, HatError
 from hat.io import write_json
 from hat.space import SearchSpace, SubConfig, clamp_ende_attn
 
@@ -109,6 +117,30 @@ class Candidate:
     loss: Optional[float] = None
 
 
+def coverage_problems(space: SearchSpace, trained: SearchSpace) -> List[str]:
+    """Why a SuperTransformer trained on ``trained`` cannot score ``space``'s SubTransformers: a choice of ``space``
+    the SuperTransformer never trained (its weights for it are untrained slices or absent). Empty when covered."""
+    problems = []
+    for key, vals in space.choices.items():
+        have = trained.choices.get(key, [])
+        missing = [v for v in vals if v not in have]
+        if missing:
+            problems.append(f"{key} {missing} not in its {have}")
+    return problems
+
+
+def check_covers(space: SearchSpace, trained: SearchSpace, checkpoint: str):
+    """One :class:`CheckpointError` line unless the SuperTransformer in ``checkpoint`` (trained on ``trained``) covers
+    every choice of the search space ``space``."""
+    problems = coverage_problems(space, trained)
+    if problems:
+        raise CheckpointError(
+            f"{checkpoint} was trained on another search space ({'; '.join(problems)}): its inherited weights cannot "
+            f"score this space's SubTransformers: search a space inside the one it was trained on, or give the "
+            f"SuperTransformer trained on this space"
+        )
+
+
 def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
     """Indices of points not dominated in (x lower, y lower)."""
     order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
@@ -123,7 +155,9 @@ def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
 class Evolution:
     def __init__(self, space: SearchSpace, fitness: Callable[[List[SubConfig]], List[float]],
                  constraints: List[Constraint], params: EvoParams, state_path: Optional[str] = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, inputs: Optional[Dict[str, object]] = None):
+        """``inputs``: what the losses depend on besides the space (JSON values, compared on resume; see
+        :meth:`resume_state`)."""
         params.check()
         self.space, self.fitness, self.constraints, self.p = space, fitness, constraints, params
         self.codec = GeneCodec(space)
@@ -133,6 +167,9 @@ class Evolution:
         self.values: Dict[str, Dict[str, float]] = {}
         self.evaluated: Dict[str, Candidate] = {}
         self.history: List[Dict[str, object]] = []
+        self.inputs: Dict[str, object] = json.loads(json.dumps(inputs or {}))  # as it will read back
+        self._state: Optional[dict] = None
+        self._state_read = False
 
     # -- constraints -------------------------------------------------------------------------------------------
     def constraint_values(self, cfg: SubConfig) -> Dict[str, float]:
@@ -171,35 +208,144 @@ class Evolution:
         raise HatError(f"no feasible child found in {self.p.max_tries} tries; loosen the constraints")
 
     # -- state ----------------------------------------------------------------------------------------------------
+    STATE_VERSION = 2
+
     def _save(self, it: int, population: List[Candidate], rng: random.Random):
         if not self.state_path:
             return
         state = {
+            "version": self.STATE_VERSION,
             "iteration": it,
             "population": [c.gene for c in population],
             "losses": self.losses,
+            "evaluated": [{"gene": c.gene, "values": c.values} for c in self.evaluated.values()],
             "rng": _rng_to_json(rng.getstate()),
             "history": self.history,
             "params": self._resumable_params(),
             "fingerprint": self.space.fingerprint(),
-            "constraints": {c.name: c.limit for c in self.constraints},
+            "constraints": self._constraint_limits(),
+            "inputs": self.inputs,
         }
-        write_json(self.state_path, state, indent=None)
+        try:
+            write_json(self.state_path, state, indent=None)
+        except OSError as e:
+            raise HatError(f"cannot write the search state {self.state_path}: {e.strerror or e}") from None
 
     def _resumable_params(self):
         """Settings a saved search must share with this one (evo-iter may grow: the search goes on)."""
         return {k: v for k, v in self.p.__dict__.items() if k != "evo_iter"}
 
-    def _load(self):
-        if not self.state_path or not os.path.isfile(self.state_path):
+    def _constraint_limits(self):
+        return {c.name: c.limit for c in self.constraints}
+
+    def resume_state(self) -> Optional[dict]:
+        """The saved state this search continues (None: there is none, the search starts anew), checked once: read
+        whole, written by a search with the same settings and inputs, its genes in this space, its candidates' constraint
+        values what this run computes, its iteration not past evo-iter. Anything else: one :class:`HatError` line.
+        Cheap (no fitness is computed): a caller runs it before loading the SuperTransformer and the data."""
+        if self._state_read:
+            return self._state
+        self._state_read = True
+        path = self.state_path
+        if not path or not os.path.exists(path):
             return None
-        with open(self.state_path) as f:
-            state = json.load(f)
-        same = (state.get("params") == self._resumable_params() and state.get("fingerprint") == self.space.fingerprint()
-                and state.get("constraints") == {c.name: c.limit for c in self.constraints})
-        if not same:
-            raise ConfigError(f"{self.state_path} belongs to a search with other settings; remove it to start anew")
-        return state
+        fresh = "delete it to start the search anew"
+        try:
+            with open(path, encoding="utf-8") as f:
+                state = json.load(f)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise HatError(f"{path}: not a readable search state ({msg}), cut short or damaged: {fresh}") from None
+        if not isinstance(state, dict) or state.get("version") != self.STATE_VERSION:
+            found = state.get("version") if isinstance(state, dict) else None
+            raise HatError(f"{path}: not a search state of this evo_search (version {found!r}, expected "
+                           f"{self.STATE_VERSION}): {fresh}")
+        changes = self._changes(state)
+        if changes:
+            raise ConfigError(
+                f"{path} belongs to a search with other settings ({'; '.join(changes)}): its losses and population do "
+                f"not apply to this search; {fresh} or pass another state-path"
+            )
+        try:
+            restored = self._restore(state)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise HatError(f"{path}: damaged search state ({type(e).__name__}: {e}): {fresh}") from None
+        it = state["iteration"]
+        if it > self.p.evo_iter:
+            raise ConfigError(
+                f"{path} holds a search already at iteration {it}, past evo-iter {self.p.evo_iter}: pass evo-iter {it} "
+                f"or more to take (or continue) it, or {fresh}"
+            )
+        mismatch = self._value_mismatch(restored["evaluated"], state)
+        if mismatch:
+            raise ConfigError(
+                f"{path} belongs to a search with other constraint values ({mismatch}): the latency predictor, "
+                f"memory-precision or latency protocol changed; {fresh} or pass another state-path"
+            )
+        self._state = dict(state, **restored)
+        return self._state
+
+    def _changes(self, state: dict) -> List[str]:
+        """What differs between the saved search and this one, each as 'what saved -> now'."""
+        out = []
+        saved = state.get("params") or {}
+        for k, v in self._resumable_params().items():
+            if saved.get(k) != v:
+                out.append(f"{k.replace('_', '-')} {saved.get(k)!r} -> {v!r}")
+        if state.get("fingerprint") != self.space.fingerprint():
+            out.append(f"search space fingerprint {state.get('fingerprint')} -> {self.space.fingerprint()}")
+        saved = state.get("constraints") or {}
+        for k, v in self._constraint_limits().items():
+            if saved.get(k) != v:
+                out.append(f"{k}-constraint {saved.get(k)!r} -> {v!r}")
+        saved = state.get("inputs")
+        if not isinstance(saved, dict):
+            saved = {}
+        for k in sorted(set(saved) | set(self.inputs)):
+            if _identity(saved.get(k)) != _identity(self.inputs.get(k)):
+                out.append(f"{k} {_describe(saved.get(k))} -> {_describe(self.inputs.get(k))}")
+        return out
+
+    def _gene(self, gene) -> List[int]:
+        if not isinstance(gene, list) or len(gene) != len(self.codec.slots):
+            raise ValueError(f"a gene of {len(gene) if isinstance(gene, list) else type(gene).__name__} values, "
+                             f"expected {len(self.codec.slots)}")
+        for g, (key, vals) in zip(gene, self.codec.slots):
+            if g not in vals:
+                raise ValueError(f"gene value {g!r} not in {key} {vals}")
+        return [int(g) for g in gene]
+
+    def _restore(self, state: dict) -> dict:
+        it = state["iteration"]
+        if not isinstance(it, int) or it < 0:
+            raise ValueError(f"iteration {it!r}")
+        losses = {str(k): float(v) for k, v in state["losses"].items()}
+        population = [self._gene(g) for g in state["population"]]
+        if len(population) != self.p.population_size:
+            raise ValueError(f"a population of {len(population)}, expected {self.p.population_size}")
+        evaluated = []
+        for e in state["evaluated"]:
+            gene = self._gene(e["gene"])
+            key = self.codec.decode(gene).key()
+            evaluated.append((gene, {str(k): float(v) for k, v in e["values"].items()}, losses[key]))
+        rng = _rng_from_json(state["rng"])
+        random.Random().setstate(rng)  # raises on a damaged one
+        history = state["history"]
+        if not isinstance(history, list):
+            raise ValueError("history is not a list")
+        return {"losses": losses, "population": population, "evaluated": evaluated, "rng": rng, "history": history}
+
+    def _value_mismatch(self, evaluated, state) -> str:
+        for gene, saved, _ in evaluated:
+            cfg = self.codec.decode(gene)
+            now = self.constraint_values(cfg)
+            for c in self.constraints:
+                a, b = saved.get(c.name), now[c.name]
+                same = a is not None and ((math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-6,
+                                                                                            abs_tol=1e-9))
+                if not same:
+                    return f"{c.name} of {cfg.key()}: saved {a} {c.unit}, now {b:.6g} {c.unit} ({c.source})"
+        return ""
 
     # -- evolution ------------------------------------------------------------------------------------------------
     def score(self, cands: List[Candidate]):
@@ -217,23 +363,31 @@ class Evolution:
 
     def run(self, progress=None) -> Candidate:
         self.check_feasible()
-        state = self._load()
+        state = self.resume_state()
         rng = random.Random(f"evo:{self.p.seed}")
         if state is None:
             start = 0
             population = [self._draw(lambda: self.codec.random(rng)) for _ in range(self.p.population_size)]
         else:
             start = state["iteration"]
-            rng.setstate(_rng_from_json(state["rng"]))
+            rng.setstate(state["rng"])
             self.losses.update(state["losses"])
-            self.history = state["history"]
+            self.history = list(state["history"])
+            for gene, _, loss in state["evaluated"]:  # every candidate scored before the interruption
+                cfg = self.codec.decode(gene)
+                self.evaluated[cfg.key()] = Candidate(gene, cfg, self.constraint_values(cfg), loss)
             population = []
             for gene in state["population"]:
                 cfg = self.codec.decode(gene)
                 population.append(Candidate(gene, cfg, self.constraint_values(cfg)))
-            self.log(f"| resuming the search at iteration {start + 1} of {self.p.evo_iter} from {self.state_path}")
-            if start >= self.p.evo_iter:
-                self.score(population)
+            if start < self.p.evo_iter:
+                self.log(f"| resuming the search at iteration {start + 1} of {self.p.evo_iter} from {self.state_path} "
+                         f"({len(self.evaluated)} candidates evaluated before)")
+            else:
+                self.log(f"| the search in {self.state_path} is complete ({start} of {self.p.evo_iter} iterations): "
+                         f"taking its result")
+            if progress is not None and start:
+                progress(start)
         for it in range(start, self.p.evo_iter):
             self.score(population)
             population.sort(key=lambda c: (c.loss, c.config.key()))
@@ -260,6 +414,18 @@ class Evolution:
                 progress(it + 1)
         self.score(population)
         return min(population, key=lambda c: (c.loss, c.config.key()))
+
+
+def _identity(v):
+    """What an input is compared by: a file by its content (sha256; it may have moved), anything else as it is."""
+    return ("sha256", v["sha256"]) if isinstance(v, dict) and "sha256" in v else v
+
+
+def _describe(v) -> str:
+    """An input value for a one-line message: a file as its path and the start of its sha256."""
+    if isinstance(v, dict) and "sha256" in v:
+        return f"{v.get('path')} (sha256 {str(v['sha256'])[:12]})"
+    return "(not recorded)" if v is None else repr(v)
 
 
 def _rng_to_json(state):

@@ -89,6 +89,9 @@ FEATURE_NAMES = (
 )
 
 
+ARBITRARY_ENDE_ATTN = (-1, 1, 2)  # HAT's arbitrary encoder-decoder attention genes (see ende_layers)
+
+
 def ende_layers(arbitrary_ende_attn: int) -> int:
     """Encoder layers one decoder layer attends to, from HAT's arbitrary encoder-decoder attention gene: -1 -> the last
     layer only (1), 1 -> the last two (2), 2 -> the last three (3)."""
@@ -134,6 +137,17 @@ class SubConfig:
             if len(val) < n:
                 raise ConfigError(f"{_hat_sub_key(name)} has {len(val)} entries but {side}-layer-num is {n}")
             object.__setattr__(self, name, val[:n])  # HAT writes lists for all super layers; extra ones are unused
+        for name in ("encoder_embed_dim", "decoder_embed_dim", "qkv_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{_hat_sub_key(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("encoder_ffn_embed_dim", "decoder_ffn_embed_dim"):
+            bad = [v for v in getattr(self, name) if v < 1]
+            if bad:
+                raise ConfigError(f"{_hat_sub_key(name)} must be >= 1, got {bad[0]}")
+        bad = [a for a in self.decoder_arbitrary_ende_attn if a not in ARBITRARY_ENDE_ATTN]
+        if bad:
+            raise ConfigError(f"decoder-arbitrary-ende-attn-all-subtransformer has {bad[0]}; allowed: -1 (the last "
+                              f"encoder layer), 1 (the last two), 2 (the last three)")
         heads = self.encoder_self_attention_heads + self.decoder_self_attention_heads + self.decoder_ende_attention_heads
         for h in heads:
             if h < 1 or self.qkv_dim % h:
@@ -300,7 +314,7 @@ class SearchSpace:
                 raise ConfigError(
                     f"{self.source}: {key} has {over[0]}, outside 1..{bound}={self.super_dims[bound]}"
                 )
-        bad = [v for v in self.choices["decoder-arbitrary-ende-attn-choice"] if v not in (-1, 1, 2)]
+        bad = [v for v in self.choices["decoder-arbitrary-ende-attn-choice"] if v not in ARBITRARY_ENDE_ATTN]
         if bad:
             raise ConfigError(f"{self.source}: decoder-arbitrary-ende-attn-choice has {bad[0]}; allowed: -1, 1, 2")
         if ende_layers(max(self.choices["decoder-arbitrary-ende-attn-choice"])) > min(

@@ -242,3 +242,19 @@ def test_get_preprocessed_from_mirror(server, tmp_path):
     dest = work / "data" / "binary"
     assert os.listdir(dest) == ["iwslt14_de_en"]
     assert sorted(os.listdir(dest / "iwslt14_de_en")) == ["dict.de.txt", "dict.en.txt"]
+
+
+def test_a_corrupted_file_already_there_is_checked_not_trusted(registry, tmp_path, capsys):
+    """A registry entry with a sha256 whose file is already in --dest but damaged: one line, exit 2, what to do; the
+    file is left alone and nothing is downloaded."""
+    dest = tmp_path / "models"
+    dest.mkdir()
+    (dest / "good.pt").write_bytes(PAYLOAD[:-1] + b"!")
+    n = len(Handler.log)
+    with pytest.raises(DownloadError, match=r"good.pt exists but its sha256 is [0-9a-f]{64}, not the expected "
+                                            rf"{SHA}: remove it to download again"):
+        main(["--registry", registry, "--model-name", "good", "--dest", str(dest)])
+    assert len(Handler.log) == n and (dest / "good.pt").read_bytes() == PAYLOAD[:-1] + b"!"
+    (dest / "good.pt").write_bytes(PAYLOAD)
+    assert main(["--registry", registry, "--model-name", "good", "--dest", str(dest)]) == 0
+    assert capsys.readouterr().err.strip().endswith("good.pt: already downloaded (verified)")

@@ -20,7 +20,8 @@ def add_export_args(parser) -> None:
                    help="decoder cache slots = most target tokens incl. EOS (static)")
     g.add_argument("--beam", type=int, default=4, help="hypotheses per sentence; decoder rows = batch-size * beam")
     g.add_argument("--lenpen", type=float, default=1.0, help="length penalty recorded for the decoding loop")
-    g.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 14)")
+    g.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help="ONNX opset (14 up to the highest torch's exporter knows)")
     g.add_argument("--simplify", default="auto", choices=["auto", "no"],
                    help="auto: run onnxslim/onnxsim if installed")
     r = parser.add_argument_group("RKNN (convert2rknn.py)")

@@ -15,6 +15,9 @@ Each graph is checked before it is moved into place: no op the NPU lacks (:data:
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
+import json
 import os
 import warnings
 from collections import Counter
@@ -24,14 +27,34 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hat.errors import CheckpointError, ConfigError
-from hat.export import ExportError, UnsupportedOpError, onnx_path, sidecar_path
+from hat.export import ExportError, UnsupportedOpError, check_name, onnx_path, read_sidecar, sidecar_path
 from hat.export.runtime import ort_session, prepare_source, self_mask
-from hat.io import atomic_output, sha256_file, write_json
+from hat.io import atomic_output, sha256_file
 from hat.vocab import EOS
 
 FORBIDDEN_OPS = ("CumSum", "Range", "Trilu", "TopK", "Neg")  # absent from the RK3588 NPU
 PARITY_ATOL = 1e-4
 DEFAULT_OPSET = 17
+MIN_OPSET = 14  # scaled_dot_product_attention and Trilu-free masks need 14
+
+
+def max_opset() -> int:
+    """The highest opset both torch's TorchScript exporter and the installed onnx know."""
+    import onnx
+    import torch.onnx._constants as tc
+
+    torch_max = getattr(tc, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(tc, "ONNX_MAX_OPSET", DEFAULT_OPSET))
+    return min(int(torch_max), int(onnx.defs.onnx_opset_version()))
+
+
+def check_opset(opset: int) -> int:
+    """``opset`` within [MIN_OPSET, max_opset()], else one :class:`ConfigError` line (before anything is traced:
+    torch prints the whole TorchScript graph when it meets an opset it does not know)."""
+    hi = max_opset()
+    if not MIN_OPSET <= int(opset) <= hi:
+        raise ConfigError(f"opset must be between {MIN_OPSET} and {hi} (torch's ONNX exporter and onnx here), got "
+                          f"{opset}")
+    return int(opset)
 
 
 # ---- checks ---------------------------------------------------------------------------------------------------------
@@ -140,9 +163,10 @@ class ExportSettings:
 
     def validate(self, model) -> "ExportSettings":
         for key, val, low in (("batch-size", self.batch_size, 1), ("src-len", self.src_len, 2),
-                              ("tgt-len", self.tgt_len, 2), ("beam", self.beam, 1), ("opset", self.opset, 14)):
+                              ("tgt-len", self.tgt_len, 2), ("beam", self.beam, 1)):
             if val < low:
                 raise ConfigError(f"{key} must be >= {low}, got {val}")
+        check_opset(self.opset)
         if self.src_len > model.opt.max_source_positions:
             raise ConfigError(f"src-len {self.src_len} exceeds the model's max source positions "
                               f"{model.opt.max_source_positions}")
@@ -243,37 +267,69 @@ def torch_outputs(module, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
     return [o.numpy() for o in outs]
 
 
-def export_part(model, part: str, path: str, s: ExportSettings, log=print) -> Tuple[Dict[str, int], float, Optional[str]]:
-    """Trace one graph to ``path`` (via a temporary file), check it and compare onnxruntime with torch.
+def _export_to(model, part: str, tmp: str, source: str, s: ExportSettings, log=print):
+    """Trace one graph to the file ``tmp``, check it and compare onnxruntime with torch.
     Returns (op histogram, parity max abs diff, simplifier used)."""
     import torch
 
     module, (ins, outs) = _graph_module(model, part, s)
     feeds = sample_inputs(model, part, s)
-    source = os.path.basename(path)
-    with atomic_output(path) as tmp:
-        args = tuple(torch.from_numpy(a) for a in feeds.values())
-        with torch.no_grad(), _static_attention_scale(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(
-                    module, args, tmp, input_names=[i["name"] for i in ins], output_names=[o["name"] for o in outs],
-                    opset_version=s.opset, dynamo=False, do_constant_folding=True,
-                )
-            except Exception as e:  # an op without an ONNX symbolic at this opset, mostly
-                msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise ExportError(f"{source}: torch.onnx.export failed: {msg}") from None
-        simplified = _simplify(tmp, log) if s.simplify == "auto" else None
-        ops = check_graph(tmp, source)
-        got = ort_session(tmp).run(None, feeds)
-        want = torch_outputs(module, feeds)
-        diff = max(float(np.abs(a - b).max()) for a, b in zip(got, want))
-        if not diff <= PARITY_ATOL:
-            raise ExportError(f"{source}: onnxruntime differs from torch by {diff:.3g} > {PARITY_ATOL}")
+    args = tuple(torch.from_numpy(a) for a in feeds.values())
+    with torch.no_grad(), _static_attention_scale(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                module, args, tmp, input_names=[i["name"] for i in ins], output_names=[o["name"] for o in outs],
+                opset_version=s.opset, dynamo=False, do_constant_folding=True,
+            )
+        except Exception as e:  # an op without an ONNX symbolic at this opset, mostly
+            msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ExportError(f"{source}: torch.onnx.export failed: {msg}") from None
+    simplified = _simplify(tmp, log) if s.simplify == "auto" else None
+    ops = check_graph(tmp, source)
+    got = ort_session(tmp).run(None, feeds)
+    want = torch_outputs(module, feeds)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(got, want))
+    if not diff <= PARITY_ATOL:
+        raise ExportError(f"{source}: onnxruntime differs from torch by {diff:.3g} > {PARITY_ATOL}")
     return ops, diff, simplified
 
 
-def sidecar(model, part: str, name: str, path: str, s: ExportSettings, ops, diff, checkpoint, simplified) -> dict:
+def export_part(model, part: str, path: str, s: ExportSettings, log=print) -> Tuple[Dict[str, int], float, Optional[str]]:
+    """Trace one graph to ``path`` (via a temporary file), check it and compare onnxruntime with torch.
+    Returns (op histogram, parity max abs diff, simplifier used)."""
+    with atomic_output(path) as tmp:
+        return _export_to(model, part, tmp, os.path.basename(path), s, log)
+
+
+def weights_digest(model) -> str:
+    """A digest of every parameter and buffer of ``model`` (names, dtypes, shapes, bytes)."""
+    import torch
+
+    h = hashlib.blake2b(digest_size=20)
+    for key, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def export_id(model, s: ExportSettings) -> str:
+    """What makes an encoder and a decoder graph belong together: the model's weights, its SubConfig and token ids,
+    and the static shapes. Stamped into both sidecars; a re-export of one graph of the same model keeps the id."""
+    from hat.export.graphs import graph_meta
+
+    meta = graph_meta(model, "dec", s)
+    what = {"weights": weights_digest(model), "config": meta["config_key"], "tokens": meta["tokens"],
+            "shapes": {k: meta["shapes"][k] for k in ("batch_size", "beam", "src_len", "tgt_len")},
+            "position_offset": meta["position_offset"]}
+    return hashlib.blake2b(json.dumps(what, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def sidecar(model, part: str, name: str, path: str, s: ExportSettings, ops, diff, checkpoint, simplified,
+            export_id: Optional[str] = None, onnx_file: Optional[str] = None) -> dict:
+    """The sidecar of graph ``path``; ``onnx_file`` is where the graph is now (a temporary name before it is moved
+    to ``path``), default ``path``."""
     import onnx
     import torch
 
@@ -282,8 +338,9 @@ def sidecar(model, part: str, name: str, path: str, s: ExportSettings, ops, diff
     meta = graph_meta(model, part, s)
     meta.update({
         "name": name,
+        "export_id": export_id,
         "onnx": os.path.basename(path),
-        "sha256": sha256_file(path),
+        "sha256": sha256_file(onnx_file or path),
         "opset": s.opset,
         "checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
         "ops": ops,
@@ -294,21 +351,95 @@ def sidecar(model, part: str, name: str, path: str, s: ExportSettings, ops, diff
     return meta
 
 
+@contextlib.contextmanager
+def export_lock(onnx_dir: str, name: str):
+    """One export of ``name`` in ``onnx_dir`` at a time (``flock`` on ``.<name>.export.lock``, released by the kernel
+    when the process dies, even by kill -9); a second one is refused in one line. While the lock is held, temporary
+    files left by an export of ``name`` that was killed are removed."""
+    import fcntl
+
+    os.makedirs(onnx_dir, exist_ok=True)
+    path = os.path.join(onnx_dir, f".{name}.export.lock")
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ExportError(f"another export of {name!r} is running in {onnx_dir} (lock {path}); wait for it or "
+                              f"choose another --name") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:  # the previous holder removed it between our open and flock
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        remove_partials(onnx_dir, name)
+        yield
+    finally:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def remove_partials(onnx_dir: str, name: str) -> List[str]:
+    """Remove the temporary files (``.<name>_<part>.onnx.*.partial`` and of the sidecars) an interrupted export of
+    ``name`` left behind; only call this holding :func:`export_lock`. Returns what was removed."""
+    gone = []
+    for part in ("enc", "dec"):
+        for final in (onnx_path(onnx_dir, name, part), sidecar_path(onnx_dir, name, part)):
+            pattern = os.path.join(onnx_dir, f".{glob.escape(os.path.basename(final))}.*.partial")
+            for p in glob.glob(pattern):
+                try:
+                    os.remove(p)
+                    gone.append(p)
+                except OSError:
+                    pass
+    return gone
+
+
 def export_model(model, onnx_dir: str, name: str, s: ExportSettings, parts=("enc", "dec"),
                  checkpoint: Optional[str] = None, log=print) -> Dict[str, dict]:
-    """Export ``parts`` of a standalone model; returns part -> sidecar (also written next to each .onnx)."""
+    """Export ``parts`` of a standalone model; returns part -> sidecar (also written next to each .onnx).
+
+    Every file is first written under a temporary name; they are moved into place together once every graph has
+    passed its checks, so an interrupted or failed export leaves the files of ``name`` as they were (a kill between
+    the final renames at worst leaves graphs whose ``export_id`` differs, which :func:`hat.export.read_pair`
+    refuses)."""
+    check_name(name)
     s.validate(model)
     model.eval()
-    result = {}
-    for part in parts:
-        path = onnx_path(onnx_dir, name, part)
-        ops, diff, simplified = export_part(model, part, path, s, log)
-        meta = sidecar(model, part, name, path, s, ops, diff, checkpoint, simplified)
-        write_json(sidecar_path(onnx_dir, name, part), meta)
-        shapes = ", ".join(f"{i['name']}{tuple(i['shape'])}" for i in meta["inputs"][:4])
-        log(f"| wrote {path} ({sum(ops.values())} nodes, opset {s.opset}; inputs {shapes}, ...)")
-        log(f"| {part}: max |onnxruntime - torch| = {diff:.2e} [measured:onnxruntime vs torch]")
-        result[part] = meta
+    eid = export_id(model, s)
+    result, lines = {}, []
+    with export_lock(onnx_dir, name), contextlib.ExitStack() as stack:
+        for part in parts:
+            path = onnx_path(onnx_dir, name, part)
+            tmp = stack.enter_context(atomic_output(path))
+            ops, diff, simplified = _export_to(model, part, tmp, os.path.basename(path), s, log)
+            meta = sidecar(model, part, name, path, s, ops, diff, checkpoint, simplified, export_id=eid,
+                           onnx_file=tmp)
+            side = stack.enter_context(atomic_output(sidecar_path(onnx_dir, name, part)))
+            with open(side, "w", encoding="utf-8") as f:
+                f.write(json.dumps(meta, indent=2) + "\n")
+            shapes = ", ".join(f"{i['name']}{tuple(i['shape'])}" for i in meta["inputs"][:4])
+            lines.append(f"| wrote {path} ({sum(ops.values())} nodes, opset {s.opset}; inputs {shapes}, ...)")
+            lines.append(f"| {part}: max |onnxruntime - torch| = {diff:.2e} [measured:onnxruntime vs torch]")
+            result[part] = meta
+    for line in lines:  # once the files are in place
+        log(line)
+    for other in ("enc", "dec"):
+        if other not in parts and os.path.isfile(sidecar_path(onnx_dir, name, other)):
+            try:
+                old = read_sidecar(onnx_dir, name, other).get("export_id")
+            except ExportError:
+                old = None
+            if old != eid:
+                log(f"| note: {name}_{other} in {onnx_dir} is from another model or shapes (export id differs): "
+                    f"export it too before convert2rknn.py")
     return result
 
 

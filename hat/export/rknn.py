@@ -7,6 +7,9 @@ Reads ``<onnx-dir>/<NAME>_<part>.onnx`` and its JSON sidecar (written by convert
 ``<rknn-dir>/<NAME>_<part>.<platform>.<precision>.rknn`` and a ``.json`` next to it (platform, precision, shapes,
 inputs/outputs, sha256 of the source ONNX and of the .rknn), and the toolkit's log as ``.log``.
 
+* the graph must be unchanged since its sidecar was written (sha256), and an encoder and a decoder of one name must
+  come from one export (the same ``export_id`` in both sidecars, :func:`hat.export.read_pair`): a pair mixed by an
+  interrupted re-export is refused in one line before anything is built.
 * fp16 (default, ``do_quantization=False``) is the safe precision on the RK3588 NPU.
 * int8 (w8a8) needs a calibration set: inputs recorded while the ONNX graphs (onnxruntime) translate sentences of the
   data dir's ``calib-split`` (token ids from fairseq's binarized files), saved as .npy files listed in a .txt (one
@@ -28,8 +31,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hat.errors import ConfigError
-from hat.export import PARTS, ExportError, ToolkitMissingError, onnx_path, read_sidecar, rknn_path
+from hat.errors import ConfigError, HatError
+from hat.export import PARTS, ExportError, ToolkitMissingError, onnx_path, read_pair, rknn_path
 from hat.io import atomic_output, sha256_file, write_json
 
 PLATFORMS = ("rk3588", "rk3576", "rk3566", "rk3568", "rk3562")
@@ -187,13 +190,10 @@ def build_part(onnx_dir: str, name: str, part: str, platform: str, precision: st
     RKNN = require_rknn()
     if platform not in PLATFORMS:
         raise ConfigError(f"target-platform {platform!r} is not one of {', '.join(PLATFORMS)}")
-    meta = read_sidecar(onnx_dir, name, part)
+    # this graph and (when there) its partner: unchanged since export, and from one export (one export_id)
+    meta = read_pair(onnx_dir, name, (part,))[part]
     src = onnx_path(onnx_dir, name, part)
-    if not os.path.isfile(src):
-        raise ExportError(f"ONNX graph not found: {src}")
-    onnx_sha = sha256_file(src)
-    if onnx_sha != meta["sha256"]:
-        raise ExportError(f"{src} changed since convert2onnx.py wrote its sidecar (sha256 mismatch): export again")
+    onnx_sha = meta["sha256"]
     scan_ops(src, os.path.basename(src))
     out = rknn_path(rknn_dir, name, part, platform, precision)
     log_path = out[: -len(".rknn")] + ".log"
@@ -208,7 +208,14 @@ def build_part(onnx_dir: str, name: str, part: str, platform: str, precision: st
         n_calls = max(calib_size if precision == "int8" else 0, verify_samples if verify else 0, 1)
         n_sent = min(n_calls, 64) * meta["shapes"]["batch_size"] if part == "enc" else max(2, min(n_calls, 8))
         sents, sample_source = sample_sentences(meta, data_dir, split, n_sent, src_lang, tgt_lang)
-        calls = record_samples(onnx_dir, name, sents)[part]
+        try:
+            calls = record_samples(onnx_dir, name, sents)[part]
+        except HatError:
+            raise
+        except Exception as e:  # onnxruntime's own errors (graphs it cannot run, inputs it refuses)
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise ExportError(f"onnxruntime could not run the exported graphs of {name} to record sample inputs: "
+                              f"{why}") from None
 
     specs = meta["inputs"]
     dataset = None
@@ -275,8 +282,12 @@ def simulate(rk, meta: dict, samples: list, log_path: str, precision: str) -> di
     names = [o["name"] for o in meta["outputs"]]
     specs = meta["inputs"]
     worst: Dict[str, dict] = {}
-    with quiet(log_path):
-        ret = rk.init_runtime()
+    try:
+        with quiet(log_path):
+            ret = rk.init_runtime()
+    except Exception as e:  # the toolkit raises with its traceback in the message
+        why = _last_error(log_path) or (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        raise ExportError(f"rknn-toolkit2 simulator init_runtime failed: {why} (log: {log_path})") from None
     if ret != 0:
         raise ExportError(f"rknn-toolkit2 simulator init_runtime failed: {_last_error(log_path)} (log: {log_path})")
     for feeds, want in samples:

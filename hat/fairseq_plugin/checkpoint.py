@@ -16,9 +16,11 @@ from hat.io import atomic_output
 def load_checkpoint(path: str, data: str):
     """(model, task, saved cfg) from a fairseq checkpoint of ``transformersuper``; one clear error if unusable."""
     from hat.fairseq_plugin.args import quiet_fairseq_imports
+    from hat.fairseq_plugin.training import check_data_dir
 
     if not path or not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    check_data_dir(str(data).split(":")[0])  # a data problem is not reported as an unreadable checkpoint
     quiet_fairseq_imports()
     from fairseq import checkpoint_utils
 

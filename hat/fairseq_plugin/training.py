@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 
-from hat.errors import HatError
+from hat.errors import CheckpointError, HatError
 
 
 def train(args) -> None:
@@ -12,16 +13,26 @@ def train(args) -> None:
     from fairseq_cli.train import main as fairseq_train
 
     data = str(args.data).split(":")[0]
-    if not os.path.isdir(data):
-        raise HatError(f"data directory not found: {args.data} (run the data preparation step first)")
     check_data_dir(data, getattr(args, "source_lang", None), getattr(args, "target_lang", None))
+    save_dir = getattr(args, "save_dir", None) or "checkpoints"
+    check_save_dir(save_dir)
+    check_resume_file(args, save_dir)
     cfg = convert_namespace_to_omegaconf(args)
-    distributed_utils.call_main(cfg, fairseq_train)
+    made = not os.path.exists(save_dir)
+    try:
+        distributed_utils.call_main(cfg, fairseq_train)
+    except BaseException:
+        if made and os.path.isdir(save_dir) and not os.listdir(save_dir):
+            shutil.rmtree(save_dir, ignore_errors=True)  # a failed first run leaves no empty save dir behind
+        raise
 
 
 def check_data_dir(data: str, src=None, tgt=None) -> None:
     """A binarized data dir has ``dict.<lang>.txt`` files and ``<split>.<src>-<tgt>.*`` files; say in one line what is
     missing instead of fairseq's 'Could not infer language pair' or FileNotFoundError."""
+    if not data or not os.path.isdir(data):
+        what = "is a file, not a directory" if data and os.path.exists(data) else "not found"
+        raise HatError(f"data directory {data} {what} (run the data preparation step first)")
     files = os.listdir(data)
     dicts = sorted(f for f in files if f.startswith("dict.") and f.endswith(".txt"))
     if not dicts:
@@ -33,3 +44,26 @@ def check_data_dir(data: str, src=None, tgt=None) -> None:
     if (src is None or tgt is None) and not any(f.count(".") >= 3 and "-" in f.split(".")[1] for f in files):
         raise HatError(f"{data} holds no binarized split (<split>.<src>-<tgt>.<lang>.bin): run the data "
                        f"preparation step first")
+
+
+def check_save_dir(save_dir: str) -> None:
+    if os.path.exists(save_dir) and not os.path.isdir(save_dir):
+        raise HatError(f"save-dir {save_dir} is a file, not a directory; give a directory for the checkpoints")
+
+
+def check_resume_file(args, save_dir: str) -> None:
+    """The checkpoint fairseq would resume from (``restore-file``, by default ``<save-dir>/checkpoint_last.pt``) is
+    readable, or one line says which file is broken, before fairseq starts."""
+    from hat.checkpoint import check_readable
+
+    restore = getattr(args, "restore_file", None) or "checkpoint_last.pt"
+    if restore == "checkpoint_last.pt":
+        path = os.path.join(save_dir, "checkpoint_last.pt")
+        if os.path.isfile(path):
+            check_readable(path, f"cannot resume from {path} (the last checkpoint of an earlier run in save-dir "
+                                 f"{save_dir})", "remove it to start again, or copy an intact checkpoint<N>.pt "
+                                                 "there")
+        return
+    if not os.path.isfile(restore):
+        raise CheckpointError(f"restore-file {restore} not found")
+    check_readable(restore, f"cannot resume from restore-file {restore}", "give an intact checkpoint")

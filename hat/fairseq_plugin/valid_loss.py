@@ -6,22 +6,50 @@ import math
 import os
 from typing import List
 
-from hat.errors import HatError
+from hat.errors import CheckpointError, HatError
+from hat.io import sha256_file
+
+
+def _check_restore_file(args):
+    if not args.restore_file or not os.path.isfile(args.restore_file):
+        raise HatError(f"restore-file: SuperTransformer checkpoint not found: {args.restore_file}")
+
+
+def fitness_inputs(args) -> dict:
+    """What the losses of :class:`ValidLoss` depend on besides the SubTransformer, as JSON values: the search state
+    records them and a resume with other ones is refused (hat.search.Evolution). The SuperTransformer is identified by
+    its content (sha256; reading a checkpoint of a GB takes a few seconds), the data by its directory."""
+    _check_restore_file(args)
+    path = os.path.abspath(args.restore_file)
+    return {
+        "restore-file": {"path": path, "size": os.path.getsize(path), "sha256": sha256_file(path)},
+        "data": os.path.abspath(args.data) if args.data else None,
+        "valid-subset": args.valid_subset.split(",")[0],
+        "valid-cnt-max": args.valid_cnt_max,
+        "max-tokens-valid": args.max_tokens_valid or args.max_tokens,
+        "batch-size-valid": args.batch_size_valid,
+    }
 
 
 class ValidLoss:
-    """Validation loss (base 2, per token, as fairseq reports it) of SubTransformers with inherited weights."""
+    """Validation loss (base 2, per token, as fairseq reports it) of SubTransformers with inherited weights.
 
-    def __init__(self, args):
+    ``space``: the search space to be scored; refused in one line (before the data is read) unless the
+    SuperTransformer was trained on a space that holds every one of its choices."""
+
+    def __init__(self, args, space=None):
         import torch
 
         from hat.fairseq_plugin.checkpoint import load_checkpoint
+        from hat.search import check_covers
 
-        if not args.restore_file or not os.path.isfile(args.restore_file):
-            raise HatError(f"restore-file: SuperTransformer checkpoint not found: {args.restore_file}")
+        _check_restore_file(args)
         model, task, saved = load_checkpoint(args.restore_file, args.data)
         if model.is_subtransformer:
             raise HatError(f"{args.restore_file} holds one SubTransformer, not a SuperTransformer")
+        if space is not None:
+            check_covers(space, model.space, args.restore_file)
+        self.source = args.restore_file
         self.model, self.task = model, task
         self.criterion = task.build_criterion(saved.criterion)
         self.device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
@@ -50,7 +78,10 @@ class ValidLoss:
 
         out = []
         for cfg in cfgs:
-            self.model.set_sample_config(cfg)
+            try:
+                self.model.set_sample_config(cfg)
+            except ValueError as e:
+                raise CheckpointError(f"{self.source}: {cfg.key()}: {e}") from None
             loss = size = 0.0
             with torch.no_grad():
                 for sample in self.batches:

@@ -155,6 +155,7 @@ class AdbBackend(Backend):
         self.opt, self.protocol, self.platform, self.device_id = opt, protocol, platform, device_id
         self.RKNN = toolkit if toolkit is not None else npu_bundle.require_toolkit()
         self.core_mask = board.core_mask_value(self.RKNN, core_mask)
+        self.preflight()  # before anything is exported or built
         self.work = WorkDir(work_dir, keep, "hat-lat-adb-", log)
         self.log = log
         self._now = 0.0
@@ -165,6 +166,50 @@ class AdbBackend(Backend):
 
     def timer(self):
         return lambda: self._now
+
+    def preflight(self) -> None:
+        """Is a board there? The toolkit's device list (``RKNN().list_devices()``: the adb and ntb devices, through
+        the adb it ships) is asked once, before any export or build; no board (or not ``device_id``) is one
+        :class:`HatError` line. A toolkit without ``list_devices`` (a board-free stand-in) is not asked."""
+        import io
+        import tempfile
+
+        if not callable(getattr(self.RKNN, "list_devices", None)):
+            return
+        with tempfile.TemporaryDirectory(prefix="hat-adb-preflight-") as d:
+            log_path = os.path.join(d, "list_devices.log")
+            from hat.export.rknn import quiet
+
+            rk, exc, found = None, None, None
+            try:
+                with quiet(log_path), contextlib.redirect_stdout(io.StringIO()), \
+                        contextlib.redirect_stderr(io.StringIO()):
+                    rk = self.RKNN()
+                    found = rk.list_devices()
+            except Exception as e:  # adb missing or failing: the toolkit raises with its traceback in the message
+                exc = e
+            finally:
+                if rk is not None:
+                    try:
+                        with quiet(log_path):
+                            rk.release()
+                    except Exception:
+                        pass
+            why = _log_reason(log_path, 0, "list_devices")
+        if exc is not None:
+            why = why or (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            raise HatError(f"no {self.platform.upper()} board found through adb: the toolkit's device list failed "
+                           f"({why}); nothing was exported")
+        if not (isinstance(found, (tuple, list)) and len(found) == 2):
+            return  # not the (adb devices, ntb devices) of rknn-toolkit2 2.x: no verdict; init_runtime will tell
+        adb_devices, ntb_devices = list(found[0] or []), list(found[1] or [])
+        devices = adb_devices + [d for d in ntb_devices if d not in adb_devices]
+        if not devices:
+            raise HatError(f"no {self.platform.upper()} board found through adb: the toolkit's device list is empty "
+                           f"(connect the board by USB and check `adb devices`); nothing was exported")
+        if self.device_id and self.device_id not in devices:
+            raise HatError(f"no {self.platform.upper()} board with device id {self.device_id} found through adb "
+                           f"(connected: {', '.join(devices)}); nothing was exported")
 
     # -- runtimes ----------------------------------------------------------------------------------------------------
     @contextlib.contextmanager

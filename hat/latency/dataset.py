@@ -11,7 +11,9 @@ into a :class:`LatencyData`, told apart by the header.
 """
 from __future__ import annotations
 
+import atexit
 import csv
+import io
 import json
 import math
 import os
@@ -98,17 +100,107 @@ def row_protocol(row: Dict[str, str], where: str = "row") -> Protocol:
     return Protocol.from_json(row["protocol"], source=where)
 
 
+_LOCKS: Dict[str, list] = {}  # lock file -> [descriptor, writers of this process using it]
+
+
+def lock_path(path: str) -> str:
+    """The sidecar lock file of a dataset CSV: ``.<name>.lock`` beside it."""
+    d, base = os.path.split(os.path.abspath(path))
+    return os.path.join(d, f".{base}.lock")
+
+
+def _lock(path: str) -> str:
+    """Hold the dataset's lock (``fcntl.flock`` on its sidecar file, not waiting) or refuse in one line: two runs
+    appending to one CSV would measure and write the same configs twice. Writers of one process share the lock."""
+    import fcntl
+
+    lock = lock_path(path)
+    held = _LOCKS.get(lock)
+    if held:
+        held[1] += 1
+        return lock
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise ConfigError(f"{path} is being written by another run ({f'pid {owner}, ' if owner else ''}lock "
+                              f"{lock}); wait for it to finish or choose another lat-dataset-path") from None
+        try:  # the lock file may have been removed (and made again) by a run that just finished: lock the one there
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _LOCKS[lock] = [fd, 1]
+    return lock
+
+
+def _unlock(lock: str) -> None:
+    held = _LOCKS.get(lock)
+    if not held:
+        return
+    held[1] -= 1
+    if held[1] > 0:
+        return
+    del _LOCKS[lock]
+    try:
+        os.unlink(lock)  # while still holding it: a run that opened this file finds it gone and tries again
+    except OSError:
+        pass
+    os.close(held[0])
+
+
+@atexit.register
+def _unlock_all():
+    for lock in list(_LOCKS):
+        _LOCKS[lock][1] = 1
+        _unlock(lock)
+
+
 class DatasetWriter:
     """Appends one row per measured SubTransformer (fsync'ed); every row of a file is measured with one protocol:
-    :meth:`check_protocol` refuses to mix."""
+    :meth:`check_protocol` refuses to mix. One writer at a time per file: a second run on the same CSV is refused
+    (:func:`_lock`) until the first ends (or :meth:`close`)."""
 
     def __init__(self, path: str):
         self.path = path
+        if os.path.isdir(path):
+            raise ConfigError(f"lat-dataset-path {path} is a directory; give the CSV file to write, e.g. "
+                              f"{os.path.join(path, 'lat.csv')}")
         os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-        self.rows = read_rows(path)
+        self._lock = _lock(path)
+        try:
+            self.rows = read_rows(path)
+        except BaseException:
+            self.close()
+            raise
         self.done = {r["key"] for r in self.rows}
         self._clean = False  # a torn last line is dropped before the first append, not before (a refused run
         # leaves the file as it found it)
+
+    def close(self) -> None:
+        """Release the file's lock (also at exit)."""
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock:
+            _unlock(lock)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # at interpreter exit the lock is already released by _unlock_all
+            pass
 
     def _ensure_clean(self):
         if self._clean:
@@ -143,16 +235,36 @@ class DatasetWriter:
         row.update({k: ("" if memory.get(k) is None else memory[k]) for k in MEMORY_COLUMNS})
         row.update({"backend": backend, "source": source, "protocol": protocol.to_json()})
         self._ensure_clean()
-        with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            if f.tell() == 0:
-                w.writeheader()
-            w.writerow(row)
-            f.flush()
-            os.fsync(f.fileno())
+        self._append(row)
         self.done.add(row["key"])
         self.rows.append({k: str(v) for k, v in row.items()})
         return row
+
+    def _append(self, row: Dict[str, object]) -> None:
+        """One row (with the header first in an empty file), fsync'ed; a failed write (a full disk) is cut off
+        again, so the file never ends in half a row written by this run."""
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=COLUMNS)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            start = os.fstat(fd).st_size
+            if start == 0:
+                w.writeheader()
+            w.writerow(row)
+            data = buf.getvalue().encode("utf-8")
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as e:
+                try:
+                    os.ftruncate(fd, start)
+                except OSError:
+                    pass
+                raise OSError(e.errno, e.strerror, self.path) from None
+        finally:
+            os.close(fd)
 
 
 def config_of(row: Dict[str, str]) -> SubConfig:

@@ -60,20 +60,18 @@ def random_model(cfg: SubConfig, opt, seed: int = SEED):
 
 
 def _exported(onnx_dir: str, name: str, s) -> bool:
-    """Both graphs are in ``onnx_dir`` with the shapes ``s`` asks for and unchanged since export."""
-    from hat.export import onnx_path, read_sidecar
-    from hat.io import sha256_file
+    """Both graphs are in ``onnx_dir`` with the shapes ``s`` asks for, unchanged since export and from one export
+    (the same ``export_id`` in both sidecars, :func:`hat.export.read_pair`)."""
+    from hat.export import read_pair
 
     try:
-        for part in ("enc", "dec"):
-            meta = read_sidecar(onnx_dir, name, part)
+        metas = read_pair(onnx_dir, name, ("enc", "dec"))
+        for meta in metas.values():
             sh = meta["shapes"]
             if (sh["batch_size"], sh["beam"], sh["src_len"], sh["tgt_len"]) != (s.batch_size, s.beam, s.src_len,
                                                                                   s.tgt_len):
                 return False
-            if sha256_file(onnx_path(onnx_dir, name, part)) != meta["sha256"]:
-                return False
-    except (HatError, OSError, KeyError, ValueError):
+    except (HatError, OSError, KeyError, ValueError, TypeError):
         return False
     return True
 
@@ -92,11 +90,14 @@ def export_onnx(cfg: SubConfig, opt, protocol: Protocol, onnx_dir: str, model=No
 
 class WorkDir:
     """``lat-work-dir`` (or a temporary directory), one subdirectory per SubTransformer key, removed after use
-    unless the models are kept."""
+    unless the models are kept. An interrupted run (Ctrl-C, an error) removes at exit what it would have removed
+    after measuring: its temporary directory, or in ``lat-work-dir`` the subdirectories in use."""
 
     def __init__(self, root: Optional[str], keep: bool, prefix: str, log=print):
         self.keep, self.root, self.temp = bool(keep), root, not root
         self.prefix, self.log = prefix, log
+        self._in_use = set()
+        self._at_exit = None
 
     def of(self, cfg: SubConfig) -> str:
         if self.root is None:  # made on first use: a run with nothing to measure leaves nothing behind
@@ -104,18 +105,40 @@ class WorkDir:
             if self.keep:
                 self.log(f"| exported models are kept in {self.root} (lat-keep-models; no lat-work-dir given)")
         d = os.path.join(self.root, cfg.key())
+        if not self.keep and self._at_exit is None:
+            import atexit
+
+            self._at_exit = _cleanup_at_exit(self.root if self.temp else None, self._in_use)
+            atexit.register(self._at_exit)
         os.makedirs(d, exist_ok=True)
+        self._in_use.add(d)
         return d
 
     def done(self, cfg: SubConfig) -> None:
         if self.keep or self.root is None:
             return
-        shutil.rmtree(os.path.join(self.root, cfg.key()), ignore_errors=True)
+        d = os.path.join(self.root, cfg.key())
+        shutil.rmtree(d, ignore_errors=True)
+        self._in_use.discard(d)
         if self.temp:
             try:
                 os.rmdir(self.root)  # only when empty: the last SubTransformer of this run
             except OSError:
                 pass
+
+
+def _cleanup_at_exit(temp_root: Optional[str], in_use: set):
+    """What an interrupted :class:`WorkDir` leaves: its temporary root (all of it), else the key directories that
+    were not done (a user's lat-work-dir keeps the rest)."""
+
+    def cleanup():
+        for d in list(in_use):
+            shutil.rmtree(d, ignore_errors=True)
+        in_use.clear()
+        if temp_root:
+            shutil.rmtree(temp_root, ignore_errors=True)
+
+    return cleanup
 
 
 class OrtBackend(Backend):

@@ -89,8 +89,9 @@ class Runner:
         return self.stamps / f"{key}.json"
 
     def done(self, key: str) -> bool:
-        """The stage has a stamp and ``retrain`` was not asked for: it will be skipped."""
-        return self.stamp(key).exists() and not self.retrain
+        """The stage has a stamp, the files it names are there and ``retrain`` was not asked for: it will be
+        skipped."""
+        return self.stamp(key).exists() and not self.retrain and not missing_outputs(self.read_stamp(key))
 
     def read_stamp(self, key: str) -> dict:
         return read_json(str(self.stamp(key)), what="stage stamp")
@@ -98,20 +99,35 @@ class Runner:
     def write_stamp(self, key: str, info: dict) -> None:
         write_json(str(self.stamp(key)), info, indent=1)
 
-    def stage(self, key: str, what: str, fn: Callable[[], Optional[dict]]) -> dict:
+    def stage(self, key: str, what: str, fn: Callable[[], Optional[dict]], outputs: Sequence = ()) -> dict:
         """``fn()`` once: its dict (plus the seconds it took) is the stage's stamp, returned now and on every rerun
-        instead of running ``fn`` again."""
-        if self.done(key):
+        instead of running ``fn`` again. A stamp is trusted only while the files it names are there (``outputs``,
+        and the ``checkpoint`` / ``config`` the stage returned): a stage whose output was deleted runs again."""
+        if self.stamp(key).exists() and not self.retrain:
             info = self.read_stamp(key)
-            print(f"\n==> {what}: done before ({rel(self.stamp(key))}, {info.get('seconds', '?')} s), skipped",
-                  flush=True)
-            return info
+            gone = missing_outputs(info)
+            if not gone:
+                print(f"\n==> {what}: done before ({rel(self.stamp(key))}, {info.get('seconds', '?')} s), skipped",
+                      flush=True)
+                return info
+            print(f"\n==> {what}: its stamp ({rel(self.stamp(key))}) names {rel(ROOT / gone[0])}, which is gone: "
+                  f"running it again", flush=True)
         self.before_stage(key)
         t0 = time.time()
         info = fn() or {}
         info["seconds"] = round(time.time() - t0, 1)
+        if outputs:
+            info["outputs"] = [str(p) for p in outputs]
         self.write_stamp(key, info)
         return info
+
+
+def missing_outputs(info: dict) -> List[str]:
+    """The files a stamp names (its ``outputs`` list, its ``checkpoint`` and ``config``) that are not there; paths
+    are relative to the repository (where the stages run) or absolute."""
+    paths = [info[k] for k in ("checkpoint", "config") if isinstance(info.get(k), str)]
+    paths += [p for p in info.get("outputs") or () if isinstance(p, str)]
+    return [p for p in paths if not (ROOT / p).exists()]
 
 
 # -- a child's output ---------------------------------------------------------------------------------------------

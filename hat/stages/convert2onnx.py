@@ -21,12 +21,16 @@ def build_parser():
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from hat.export.onnx import export_model, select_model, torch_threads
+    from hat.export import check_name
+    from hat.export.onnx import check_opset, export_model, select_model, torch_threads
 
     argv = sys.argv[1:] if argv is None else argv
     args = parse_stage(build_parser(), argv, ("--configs", "--sub-configs"))
     source = args.configs or args.sub_configs or "command line"
     wanted = sub_config_from_args(args, source=source)
+    if args.name is not None:
+        check_name(args.name)
+    check_opset(args.opset)  # before the checkpoint is loaded and anything traced
     with torch_threads(1):
         model, cfg = select_model(args.model_path, wanted, source)
         s = export_settings(args)

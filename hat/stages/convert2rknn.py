@@ -24,6 +24,7 @@ def build_parser():
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from hat.export import check_name
     from hat.export.rknn import PLATFORMS, build_part, require_rknn
 
     argv = sys.argv[1:] if argv is None else argv
@@ -31,6 +32,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     name = args.onnx_name or args.name
     if not name:
         raise ConfigError("--onnx-name NAME is required (the name convert2onnx.py exported under)")
+    check_name(name)
     if args.target_platform not in PLATFORMS:
         raise ConfigError(f"target-platform {args.target_platform!r} is not one of {', '.join(PLATFORMS)}")
     require_rknn()

@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 
 from hat.config import stage_parser
 from hat.download import (DEFAULT_DEST, KINDS, REGISTRY, REGISTRY_ENV, DownloadError, Entry, check_reachable,
-                          extract_archive, fetch, get_entry, http_download, list_entries, load_registry)
+                          check_sha256, extract_archive, fetch, get_entry, http_download, list_entries, load_registry,
+                          verify_present)
 
 
 def build_parser(prog: str = "download_model.py") -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def build_parser(prog: str = "download_model.py") -> argparse.ArgumentParser:
     p.add_argument("--extract", metavar="DIR", help="unpack the downloaded archive as DIR (atomically), then remove "
                                                     "the archive")
     p.add_argument("--url", help="download this URL instead of a registry entry (same resume/verify rules)")
-    p.add_argument("--sha256", help="with --url: the expected sha256")
+    p.add_argument("--sha256", help="with --url: the expected sha256 (also checked when the file is already there)")
     p.add_argument("--check", nargs="+", metavar="URL", help="only check that these hosts are reachable")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a server (default 30)")
     p.add_argument("--quiet", action="store_true", help="no progress or summary lines")
@@ -43,6 +44,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "download_model.py") 
         for line in list_entries(load_registry(args.registry), args.kind):
             print(line)
         return 0
+    if args.sha256 is not None and not args.url:
+        raise DownloadError("--sha256 goes with --url (registry entries carry their own sha256)")
+    args.sha256 = check_sha256(args.sha256)
     if args.url:
         name = os.path.basename(urllib.parse.urlsplit(args.url).path) or "download"
         entries = [Entry(name=name, kind="file", filename=name, url=args.url, sha256=args.sha256)]
@@ -61,13 +65,16 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "download_model.py") 
         return 0
     for e in entries:
         if args.url:
-            check_reachable(args.url)
-            os.makedirs(args.dest, exist_ok=True)
             path = os.path.join(args.dest, e.filename)
-            if not os.path.exists(path):
+            if os.path.exists(path):  # checked against --sha256 without the network
+                verify_present(path, args.sha256, args.quiet)
+            else:
+                check_reachable(args.url)
+                os.makedirs(args.dest, exist_ok=True)
                 digest = http_download(args.url, path, args.sha256, timeout=args.timeout, quiet=args.quiet)
                 if not args.quiet:
-                    print(f"{path}: sha256 {digest}", file=sys.stderr)
+                    pinned = "verified" if args.sha256 else "not verified: no --sha256 given"
+                    print(f"{path}: sha256 {digest} ({pinned})", file=sys.stderr)
         else:
             path = fetch(e, args.dest, timeout=args.timeout, quiet=args.quiet)
         if args.extract:

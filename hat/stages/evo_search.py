@@ -130,12 +130,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     params = EvoParams(args.evo_iter, args.population_size, args.parent_size, args.mutation_size,
                        args.crossover_size, args.mutation_prob, args.evo_seed)
     state_path = args.state_path or _default_path(args, ".search_state.json")
+    from hat.fairseq_plugin.valid_loss import ValidLoss, fitness_inputs
+
     evo = Evolution(space, None, constraints, params, state_path=state_path, log=lambda s: tqdm.write(s))
     evo.check_feasible()
-
-    from hat.fairseq_plugin.valid_loss import ValidLoss
-
-    evo.fitness = ValidLoss(args)
+    # a saved state is resumed only with the inputs its losses came from (checked before any data is read)
+    evo.inputs = fitness_inputs(args)
+    evo.resume_state()
+    evo.fitness = ValidLoss(args, space)  # refuses a SuperTransformer that was not trained on this space
     bar = tqdm(total=params.evo_iter, unit="iter", desc="evolution", file=sys.stderr)
     best = evo.run(progress=lambda it: bar.update(it - bar.n))
     bar.close()

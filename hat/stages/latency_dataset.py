@@ -19,7 +19,7 @@ from typing import List, Optional
 from hat.args import add_latency_args, backend_name, parse_args, stage_context
 from dataclasses import replace
 
-from hat.errors import ConfigError
+from hat.errors import ConfigError, HatError
 
 
 def _memory_model(opt, protocol, backend: str):
@@ -97,7 +97,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.collect:  # the board's results.jsonl (latency-backend npu) -> dataset rows, measured:board
         writer = DatasetWriter(args.lat_dataset_path)
         known = npu_bundle.known_configs(args.collect, args, space, args.lat_dataset_size, args.lat_seed)
-        npu_bundle.collect(args.collect, writer, known, protocol, memory_of)
+        counts = npu_bundle.collect(args.collect, writer, known, protocol, memory_of)
+        if not counts["added"] and not counts["already"]:
+            raise HatError(f"--collect: no usable result line in {args.collect} ({counts['errors']} board errors, "
+                           f"{counts['unknown']} unknown keys, {counts['bad']} unusable lines); nothing added to "
+                           f"{args.lat_dataset_path}")
         print(f"| {len(writer.done)} rows in {args.lat_dataset_path}")
         return 0
     name = backend_name(args)

@@ -1,4 +1,5 @@
-"""latency_predictor.py: train a latency predictor on a latency dataset (ours or HAT's CSV) and save it with its normalisation.
+"""latency_predictor.py: train a latency predictor on a latency dataset (ours or HAT's CSV), save it with its
+normalisation and the dataset's measuring protocol.
 
     python latency_predictor.py --configs=configs/wmt14.en-de/latency_predictor/cpu_raspberrypi.yml
     python latency_predictor.py --configs=configs/demo.de-en/latency_predictor/onnxruntime.yml
@@ -16,35 +17,35 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from hat.errors import ConfigError
+from hat.errors import ConfigError, HatError
 
 BASELINES = ("gbr", "rf", "none")
 
 
 def build_parser():
-    from hat.config import stage_parser
+    from hat.config import int_at_least, stage_parser
     from hat.space import CHOICE_KEYS, SUPER_KEYS
 
     p = stage_parser("Train a latency predictor (HAT's latency_predictor.py)")
     g = p.add_argument_group("HAT's keys")
     g.add_argument("--lat-dataset-path", help="latency CSV: latency_dataset.py's (config column) or HAT's layout")
-    g.add_argument("--lat-dataset-size", type=int, default=None, help="use the first N rows only")
+    g.add_argument("--lat-dataset-size", type=int_at_least(1), default=None, help="use the first N rows only")
     g.add_argument("--feature-norm", type=float, nargs="+", default=None,
                    help="HAT's per-feature divisors; used only when no search space is given")
     g.add_argument("--lat-norm", type=float, default=None,
                    help="HAT's latency divisor; ignored: latency is normalised from the training split")
     g.add_argument("--feature-dim", type=int, default=None,
                    help="number of features (10: HAT's ten; 11: + qkv dim); default: all the dataset has")
-    g.add_argument("--hidden-dim", type=int, default=64, help="width of the MLP")
-    g.add_argument("--hidden-layer-num", type=int, default=1,
+    g.add_argument("--hidden-dim", type=int_at_least(1), default=64, help="width of the MLP")
+    g.add_argument("--hidden-layer-num", type=int_at_least(0), default=1,
                    help="hidden-to-hidden layers after the first layer (HAT's Net)")
     g.add_argument("--ckpt-path", default="latency_dataset/predictors/predictor.pt", help="checkpoint to write")
-    g.add_argument("--train-steps", type=int, default=1000, help="optimizer steps")
-    g.add_argument("--bsz", type=int, default=256, help="batch size per ensemble member")
+    g.add_argument("--train-steps", type=int_at_least(1), default=1000, help="optimizer steps")
+    g.add_argument("--bsz", type=int_at_least(1), default=256, help="batch size per ensemble member")
     g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one cycle)")
     o = p.add_argument_group("ours")
     o.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    o.add_argument("--ensemble", type=int, default=5, help="MLPs averaged (trained together, batched)")
+    o.add_argument("--ensemble", type=int_at_least(1), default=5, help="MLPs averaged (trained together, batched)")
     o.add_argument("--seed", type=int, default=1, help="seed of the split and of the training")
     o.add_argument("--split", type=float, nargs=3, default=[0.8, 0.1, 0.1], help="train/valid/test fractions")
     o.add_argument("--no-engineered-features", action="store_true",
@@ -54,7 +55,8 @@ def build_parser():
     o.add_argument("--scatter-path", default=None, help="PNG to write (default: next to the checkpoint)")
     o.add_argument("--space-configs", default=None,
                    help="YAML whose search space keys define the space (a supertransformer or latency_dataset config)")
-    o.add_argument("--threads", type=int, default=1, help="torch CPU threads (small matrices: 1 is fastest)")
+    o.add_argument("--threads", type=int_at_least(1), default=1,
+                   help="torch CPU threads (small matrices: 1 is fastest)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     s = p.add_argument_group("search space (HAT's latency_dataset keys)")
     for key in SUPER_KEYS:
@@ -241,7 +243,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for line in metrics_table(rows, data.source).splitlines():
         print(f"| {line}")
 
-    pred.save(args.ckpt_path)
+    try:
+        pred.save(args.ckpt_path)
+    except RuntimeError as e:  # torch's own file writer (a full disk): not an OSError
+        if "write" not in str(e).lower():
+            raise
+        raise HatError(f"cannot write {args.ckpt_path}: {str(e).splitlines()[0]} (is the disk full?); nothing was "
+                       f"written") from None
     scatter = args.scatter_path or os.path.splitext(args.ckpt_path)[0] + "_scatter.png"
     write_scatter(scatter, data.latency[te], report.predictions[te], None if base_pred is None else base_pred[te],
                   data.source, f"{os.path.basename(data.path)}: test split ({len(te)})", report.metrics["test"]["mape"],
