@@ -463,10 +463,12 @@ class LatencyPredictor:
             import re
 
             text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e))  # torch colours its weights_only message
-            if isinstance(e, pickle.UnpicklingError) and "weights only load failed" in text.lower():
+            if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in text:
                 raise CheckpointError(f"{path} is not a latency predictor checkpoint (it holds Python objects, not "
                                       f"only tensors: a train.py checkpoint? write a predictor with "
                                       f"latency_predictor.py)") from None
+            # torch's weights_only text is a paragraph of advice; its reason follows 'WeightsUnpickler error:'
+            text = text.split("WeightsUnpickler error:", 1)[-1]
             msg = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
             raise CheckpointError(f"cannot load latency predictor {path}: {msg}") from None
         if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -4,6 +4,7 @@ as a user runs it (a subprocess of the top-level script) and must end in ONE lin
 ``error: ``, exit code 2, no traceback, and nothing half-written (the working directory stays empty; a file that
 was there is whole)."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -68,9 +69,12 @@ def run(script, *args, cwd, env=None, timeout=300, wrapper=None):
                           stdin=subprocess.DEVNULL)
 
 
+PROGRESS = re.compile(r"^\s*(\w+: )?\d+%\|")  # a progress bar's line (tqdm on stderr), not a message
+
+
 def one_line_error(p, needle=None):
     """Exit 2, one line on stderr starting with 'error: ' (containing ``needle``), no traceback."""
-    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip() and not PROGRESS.match(ln)]
     ok = (p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in p.stderr
           and (needle is None or needle in lines[0]))
     assert ok, f"exit {p.returncode}, stderr {p.stderr[-1500:]!r}"
@@ -106,6 +110,13 @@ def inputs(tmp_path_factory):
     nodict.mkdir()
     (nodict / "train.de-en.de.bin").write_bytes(b"")
     text("save_dir_file", "not a directory\n")
+    damaged = t / "damaged_data"  # dictionaries, but an index file that is not one
+    damaged.mkdir()
+    for name in ("dict.de.txt", "dict.en.txt"):
+        (damaged / name).write_text("hallo 5\n")
+    for lang in ("de", "en"):
+        (damaged / f"train.de-en.{lang}.idx").write_bytes(b"garbage\n")
+        (damaged / f"train.de-en.{lang}.bin").write_bytes(b"x")
     (t / "csv_dir").mkdir()
     text("results.jsonl", "not json\n{\"key\": \"abc\"\n")
     return t, f
@@ -186,6 +197,10 @@ def _fairseq_cases(t, f, data):
         ("train.py", "empty data dir", sp + ["--data", t / "empty_data"], "no fairseq dictionary"),
         ("train.py", "data dir without dictionaries", sp + ["--data", t / "nodict_data"], "no fairseq dictionary"),
         ("train.py", "missing data dir", sp + ["--data", t / "nowhere"], "not found"),
+        ("train.py", "damaged index file", sp + ["--data", t / "damaged_data", "--save-dir", t / "never_made"],
+         "not a fairseq index file"),
+        ("train.py", "missing restore-file", sp + ["--data", data, "--restore-file", t / "nowhere.pt", "--save-dir",
+                                                  t / "never_made"], "not found"),
         ("train.py", "truncated restore-file", sp + ["--data", data, "--restore-file", trunc, "--save-dir",
                                                     t / "never_made"], "truncated or corrupt"),
         ("train.py", "truncated checkpoint_last.pt", sp + ["--data", data, "--save-dir", last],

@@ -352,14 +352,31 @@ def test_npu_adb_without_a_board_stops_before_any_export(tmp_path, monkeypatch, 
     assert b.device_id == "0123ABCD" and not (tmp_path / "work").exists()
 
 
+def _adb_server_running() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5037), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 def test_npu_adb_with_the_real_toolkit_and_no_board_is_one_line_at_once(tmp_path):
     """rknn-toolkit2's own device list (its shipped adb) on a machine without a board."""
-    pytest.importorskip("rknn.api", reason="rknn-toolkit2 not installed (make install puts it in .venv)")
+    api = pytest.importorskip("rknn.api", reason="rknn-toolkit2 not installed (make install puts it in .venv)")
+    server_before = _adb_server_running()
     t0 = time.perf_counter()
-    with pytest.raises(HatError) as e:
-        _adb(tmp_path, None)
-    assert time.perf_counter() - t0 < 20
+    try:
+        with pytest.raises(HatError) as e:
+            _adb(tmp_path, None)
+        assert time.perf_counter() - t0 < 20
+    finally:  # the toolkit's adb leaves a server behind: stop the one this test started
+        adb_bin = os.path.join(os.path.dirname(os.path.dirname(api.__file__)), "3rdparty", "platform-tools", "adb",
+                               "linux-x86_64", "adb")
+        if not server_before and _adb_server_running() and os.path.isfile(adb_bin):
+            subprocess.run([adb_bin, "kill-server"], capture_output=True, timeout=30)
     assert str(e.value).startswith("no RK3588 board found through adb: ") and "\n" not in str(e.value)
     assert "nothing was exported" in str(e.value) and not (tmp_path / "work").exists()
 

@@ -110,9 +110,8 @@ def evo_inputs(inputs=INPUTS, **kw):
     kw.setdefault("mem", 2.0)
     cons = [Constraint("latency", kw.pop("lat"), kw.pop("latency", fake_latency), "ms", "predicted"),
             Constraint("memory", kw.pop("mem"), size, "MB", "model")]
-    state = kw.pop("state", None)
-    return Evolution(SPACE, kw.pop("fitness", fitness), cons, small_params(**kw), state_path=state,
-                     log=kw.pop("log", lambda s: None), inputs=inputs)
+    state, fit, log = kw.pop("state", None), kw.pop("fitness", fitness), kw.pop("log", lambda s: None)
+    return Evolution(SPACE, fit, cons, small_params(**kw), state_path=state, log=log, inputs=inputs)
 
 
 

@@ -16,11 +16,14 @@ PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def quiet_fairseq_imports():
-    """fairseq checkpoints are pickles (torch>=2.6 needs weights_only=False); its speech tasks log a tensorboardX
-    hint at import that has nothing to do with translation."""
+    """fairseq checkpoints are pickles (torch>=2.6 needs weights_only=False: torch then warns on every load, which
+    says nothing to a user); its speech tasks log a tensorboardX hint at import that has nothing to do with
+    translation."""
     import logging
+    import warnings
 
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD detected")
     logging.getLogger("fairseq.tasks.text_to_speech").setLevel(logging.WARNING)
 
 

@@ -22,6 +22,11 @@ def load_checkpoint(path: str, data: str):
         raise CheckpointError(f"checkpoint not found: {path}")
     check_data_dir(str(data).split(":")[0])  # a data problem is not reported as an unreadable checkpoint
     quiet_fairseq_imports()
+    import logging
+
+    # evaluating a checkpoint (generate.py, evo_search.py): the task's dictionary and split sizes are fairseq's log,
+    # not this script's output
+    logging.getLogger("fairseq.tasks.translation").setLevel(logging.WARNING)
     from fairseq import checkpoint_utils
 
     import hat.fairseq_plugin  # noqa: F401  (registers transformersuper / translation_hat)

@@ -17,7 +17,18 @@ def train(args) -> None:
     save_dir = getattr(args, "save_dir", None) or "checkpoints"
     check_save_dir(save_dir)
     check_resume_file(args, save_dir)
-    cfg = convert_namespace_to_omegaconf(args)
+    import logging
+    import warnings
+
+    logging.getLogger("hydra").setLevel(logging.WARNING)
+    with warnings.catch_warnings():  # hydra's deprecation notices about how fairseq 0.12 calls it: not the user's
+        warnings.simplefilter("ignore", UserWarning)
+        cfg = convert_namespace_to_omegaconf(args)
+    # hydra leaves the root logger at DEBUG; fairseq means INFO (its LOGLEVEL)
+    logging.getLogger().setLevel(os.environ.get("LOGLEVEL", "INFO").upper())
+    # torch's notices about how fairseq 0.12 calls it (pinned memory without a GPU, the old autocast API)
+    warnings.filterwarnings("ignore", message="'pin_memory' argument is set as true but no accelerator")
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.cuda\.amp\.autocast")
     made = not os.path.exists(save_dir)
     try:
         distributed_utils.call_main(cfg, fairseq_train)
@@ -44,6 +55,20 @@ def check_data_dir(data: str, src=None, tgt=None) -> None:
     if (src is None or tgt is None) and not any(f.count(".") >= 3 and "-" in f.split(".")[1] for f in files):
         raise HatError(f"{data} holds no binarized split (<split>.<src>-<tgt>.<lang>.bin): run the data "
                        f"preparation step first")
+    for f in sorted(files):  # fairseq would stop at an assert deep in its dataset code
+        if not f.endswith(".idx"):
+            continue
+        with open(os.path.join(data, f), "rb") as fh:
+            head = fh.read(9)
+        if not head.startswith(_INDEX_MAGICS):
+            raise HatError(f"{os.path.join(data, f)} is not a fairseq index file (damaged?): run the data preparation "
+                           f"step again")
+        if f[:-4] + ".bin" not in files:
+            raise HatError(f"{os.path.join(data, f[:-4])}.bin is missing beside its .idx: run the data preparation "
+                           f"step again")
+
+
+_INDEX_MAGICS = (b"MMIDIDX\x00\x00", b"TNTIDX\x00\x00")  # fairseq's mmap and cached/lazy index formats
 
 
 def check_save_dir(save_dir: str) -> None:

@@ -31,6 +31,28 @@ def fitness_inputs(args) -> dict:
     }
 
 
+def trained_space(path: str):
+    """The search space the SuperTransformer in ``path`` was trained on, from its saved model args (cheap: the
+    weights are memory-mapped, not read, and fairseq is not involved); None where that cannot be read this way (a
+    SubTransformer, a corrupt or old-format file: :func:`load_checkpoint` then says what is wrong)."""
+    import torch
+
+    from hat.args import space_from_args
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001  (the full load below reports it in one line)
+        return None
+    if not isinstance(state, dict):
+        return None
+    cfg = state.get("cfg")
+    args = cfg.get("model") if isinstance(cfg, dict) else None
+    args = args if args is not None else state.get("args")
+    if args is None or getattr(args, "train_subtransformer", False):
+        return None
+    return space_from_args(args, source=path)
+
+
 class ValidLoss:
     """Validation loss (base 2, per token, as fairseq reports it) of SubTransformers with inherited weights.
 
@@ -44,6 +66,9 @@ class ValidLoss:
         from hat.search import check_covers
 
         _check_restore_file(args)
+        trained = trained_space(args.restore_file) if space is not None else None
+        if trained is not None:  # before fairseq loads the model and the data
+            check_covers(space, trained, args.restore_file)
         model, task, saved = load_checkpoint(args.restore_file, args.data)
         if model.is_subtransformer:
             raise HatError(f"{args.restore_file} holds one SubTransformer, not a SuperTransformer")

@@ -153,7 +153,7 @@ class DemoRecipe:
             self.runner.run([self.py, "latency_dataset.py", f"--configs={self.lat_yml}", "--lat-dataset-path", csv]
                             + self.profile["latency"], "latency dataset: sampled SubTransformers exported and measured")
 
-        self.runner.stage("latency_dataset", "latency dataset (onnxruntime, this CPU)", measure)
+        self.runner.stage("latency_dataset", "latency dataset (onnxruntime, this CPU)", measure, outputs=[csv])
         return str(csv)
 
     def predictor(self, csv: str) -> str:
@@ -165,7 +165,7 @@ class DemoRecipe:
                                    self.res / "latency_predictor_scatter.png"], "latency predictor (MLP)")
             return {"report": [ln for ln in out.splitlines() if ln.startswith("|")][-12:]}
 
-        self.runner.stage("latency_predictor", "latency predictor", train)
+        self.runner.stage("latency_predictor", "latency predictor", train, outputs=[pt])
         return str(pt)
 
     def budget(self, predictor: str, super_ckpt: str) -> dict:

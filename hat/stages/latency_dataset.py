@@ -119,17 +119,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"| {len(writer.done)} rows already in {args.lat_dataset_path}; measuring {len(todo)} SubTransformers on "
           f"{backend.source} ({proto.describe()}{detail})", flush=True)
     bar = tqdm(total=len(todo), unit="config", file=sys.stderr, disable=not todo)
-    for cfg, m in _measure_all(todo, args, opt, protocol, name, backend):
-        mem = memory_of(cfg)
-        if "measured_memory_mb" in m.extra:
-            from hat import memory
+    try:  # an error or an interrupt is printed below the bar, not appended to it
+        for cfg, m in _measure_all(todo, args, opt, protocol, name, backend):
+            mem = memory_of(cfg)
+            if "measured_memory_mb" in m.extra:
+                from hat import memory
 
-            mem.update(memory.measured_columns(m.extra["measured_memory_mb"], m.source))
-        row = writer.add(cfg, m.row(), mem, backend.name, m.source, proto)
-        if not args.latsilent:
-            bar.write(f"{cfg.key()}: {m.summary()}")
-        bar.update(1)
-        bar.set_postfix(ms=f"{row['latency_mean_encoder'] + row['latency_mean_decoder']:.1f}")
-    bar.close()
+                mem.update(memory.measured_columns(m.extra["measured_memory_mb"], m.source))
+            row = writer.add(cfg, m.row(), mem, backend.name, m.source, proto)
+            if not args.latsilent:
+                bar.write(f"{cfg.key()}: {m.summary()}")
+            bar.update(1)
+            bar.set_postfix(ms=f"{row['latency_mean_encoder'] + row['latency_mean_decoder']:.1f}")
+    finally:
+        bar.close()
     print(f"| {len(writer.done)} rows in {args.lat_dataset_path}")
     return 0

@@ -245,11 +245,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         pred.save(args.ckpt_path)
-    except RuntimeError as e:  # torch's own file writer (a full disk): not an OSError
-        if "write" not in str(e).lower():
-            raise
-        raise HatError(f"cannot write {args.ckpt_path}: {str(e).splitlines()[0]} (is the disk full?); nothing was "
-                       f"written") from None
+    except RuntimeError as e:  # torch's C++ writer failed (a full disk): not an OSError, and its text is cryptic
+        raise HatError(f"cannot write {args.ckpt_path}: torch's writer failed ({str(e).splitlines()[0]}); is the "
+                       f"disk full? nothing was written") from None
     scatter = args.scatter_path or os.path.splitext(args.ckpt_path)[0] + "_scatter.png"
     write_scatter(scatter, data.latency[te], report.predictions[te], None if base_pred is None else base_pred[te],
                   data.source, f"{os.path.basename(data.path)}: test split ({len(te)})", report.metrics["test"]["mape"],

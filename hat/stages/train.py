@@ -10,10 +10,16 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
+import logging
+
 from hat.args import add_latency_args, protocol_of, stage_context
 from hat.errors import ConfigError, HatError
 
 LAT_FLAGS = ("--latcpu", "--latgpu", "--latnpu")
+
+# fairseq's speech task logs "Please install tensorboardX" when fairseq is imported; distributed training workers are
+# spawned processes that import this module (through train.py, their __main__) before fairseq: quiet there too
+logging.getLogger("fairseq.tasks.text_to_speech").setLevel(logging.WARNING)
 
 
 def measure_latency(args) -> int:
