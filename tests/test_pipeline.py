@@ -105,7 +105,7 @@ def _tiny_task(root, data, super_ckpt_dir):
     yaml.safe_dump(base, open(t / "subtransformer" / "baseline.yml", "w"))
     lat = {k: v for k, v in space.items() if k not in ("save-dir", "max-update")}
     lat.update({"latency-backend": "onnxruntime", "lat-dataset-size": 12, "latiter": 2, "lat-warmup": 0,
-                "latsilent": True, "lat-src-len": 6, "lat-tgt-len": 4, "beam": 2, "lat-threads": 1})
+                "latsilent": True, "lat-src-len": 6, "lat-tgt-len": 4, "lat-threads": 1})  # beam: the space's
     yaml.safe_dump(lat, open(t / "latency_dataset" / "onnxruntime.yml", "w"))
     yaml.safe_dump({"space-configs": str(t / "latency_dataset" / "onnxruntime.yml"), "train-steps": 100,
                     "ensemble": 1, "hidden-dim": 16, "seed": 1},
@@ -147,7 +147,11 @@ def test_demo_pipeline_end_to_end_then_rerun_skips_every_stage(demo_data, tmp_pa
     assert rows["searched"]["predicted_ms"] <= table["budget"]["latency_constraint"] + 1e-6
     assert rows["searched"]["memory_mb_fp16"] <= table["budget"]["memory_constraint"] + 1e-3
     md = (res / "table.md").read_text()
-    assert "[measured:onnxruntime]" in md and "[predicted]" in md and "[memory model]" in md and "BLEU" in md
+    assert "[measured:onnxruntime]" in md and "[predicted]" in md and "[memory model (exported graphs" in md
+    assert "BLEU" in md and "budget check of the searched model: latency" in md
+    # the budget check is measured, and says pass or FAIL
+    check = next(line for line in md.splitlines() if line.startswith("budget check"))
+    assert check.count(": pass") + check.count(": FAIL") == 2
     for png in ("latency_vs_bleu.png", "latency_predictor_scatter.png", "searched.pareto.png"):
         assert (res / png).stat().st_size > 1000, png
     assert "==> result" in r.stdout
