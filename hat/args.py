@@ -81,13 +81,18 @@ def add_model_args(parser) -> None:
         add("--" + key, type=int, metavar="N", help=f"SuperTransformer {key}")
     for key in CHOICE_KEYS:
         add("--" + key, type=int, nargs="+", metavar="N", help=f"search space: {key}")
-    for key in SUB_KEYS:
-        add("--" + key, type=int, nargs="+" if key in _LIST_SUB_KEYS else None, metavar="N",
-            help=f"SubTransformer: {key}")
+    add_sub_config_args(parser)
     add("--train-subtransformer", action="store_true", help="train one fixed SubTransformer (its own weights)")
     add("--inherit-from", metavar="CHECKPOINT",
         help="with --train-subtransformer: start from this SuperTransformer's weights (sliced to the "
              "SubTransformer) instead of a random init; a resumed run keeps its own checkpoint_last.pt")
+
+
+def add_sub_config_args(parser) -> None:
+    """One SubTransformer's keys (HAT's ``*-subtransformer`` + ``qkv-dim-subtransformer``)."""
+    for key in SUB_KEYS:
+        parser.add_argument("--" + key, type=int, nargs="+" if key in _LIST_SUB_KEYS else None, metavar="N",
+                            help=f"SubTransformer: {key}")
 
 
 def space_from_args(args, source: str = "model args") -> SearchSpace:

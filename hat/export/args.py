@@ -1,10 +1,8 @@
 """The export keys: convert2onnx.py and convert2rknn.py read one ``configs/<task>/convert_onnx/common.yml``."""
 from __future__ import annotations
 
+from hat.args import add_sub_config_args
 from hat.export.onnx import DEFAULT_OPSET, ExportSettings
-from hat.space import SUB_KEYS
-
-_LIST_SUB_KEYS = {k for k in SUB_KEYS if "-all-" in k}
 
 
 def add_export_args(parser) -> None:
@@ -34,8 +32,7 @@ def add_export_args(parser) -> None:
     r.add_argument("--source-lang", help="default: inferred from the data dir's file names")
     r.add_argument("--target-lang", help="default: inferred from the data dir's file names")
     h = parser.add_argument_group("SubTransformer (HAT keys, usually from --configs=<arch>.yml)")
-    for key in SUB_KEYS:
-        h.add_argument("--" + key, type=int, nargs="+" if key in _LIST_SUB_KEYS else None, metavar="N")
+    add_sub_config_args(h)
 
 
 def export_settings(args) -> ExportSettings:

@@ -22,8 +22,7 @@ def memory_mb(cfg, opt, protocol) -> float:
     """The memory model's fp16 footprint of SubTransformer ``cfg`` at the protocol's shapes (MB)."""
     from hat.memory import memory_mb as model_memory_mb
 
-    return model_memory_mb(cfg, opt, "fp16", {"src_len": protocol.src_len, "tgt_len": protocol.tgt_len,
-                                              "beam": protocol.beam})
+    return model_memory_mb(cfg, opt, "fp16", protocol)
 
 
 def rows(ckpts: Dict[str, Path], lat: dict, bleu: dict, predictor: str, protocol) -> List[dict]:
