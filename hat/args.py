@@ -86,6 +86,43 @@ def add_model_args(parser) -> None:
     add("--inherit-from", metavar="CHECKPOINT",
         help="with --train-subtransformer: start from this SuperTransformer's weights (sliced to the "
              "SubTransformer) instead of a random init; a resumed run keeps its own checkpoint_last.pt")
+    add_supernet_recipe_args(parser)
+
+
+SUPERNET_SAMPLING = ("uniform", "sandwich")
+
+
+def add_supernet_recipe_args(parser) -> None:
+    """How a SuperTransformer is trained: HAT's one uniform sample per update, or the sandwich rule with in-place
+    distillation (see :mod:`hat.fairseq_plugin.tasks`)."""
+    add = parser.add_argument
+    add("--supernet-sampling", choices=SUPERNET_SAMPLING, default=None,
+        help="uniform: one SubTransformer sampled per update (HAT, the default); sandwich: the largest, the smallest "
+             "and sandwich-random-configs sampled ones each update, gradients summed")
+    add("--sandwich-random-configs", type=int, default=None, metavar="N",
+        help="with supernet-sampling sandwich: sampled SubTransformers per update besides the largest and smallest "
+             "(default 2)")
+    add("--inplace-distill", type=float, default=None, metavar="A",
+        help="with supernet-sampling sandwich: every SubTransformer but the largest learns from A x the largest's "
+             "output distribution (detached) + (1 - A) x the labels; 0 = labels only (default 0.5)")
+
+
+def supernet_recipe(args):
+    """(sampling, random configs, distillation weight) from model args, checked; ``None`` for HAT's uniform."""
+    sampling = getattr(args, "supernet_sampling", None) or "uniform"
+    n = getattr(args, "sandwich_random_configs", None)
+    a = getattr(args, "inplace_distill", None)
+    if sampling == "uniform":
+        if n is not None or a is not None:
+            raise ConfigError("sandwich-random-configs / inplace-distill need supernet-sampling: sandwich")
+        return None
+    n = 2 if n is None else int(n)
+    a = 0.5 if a is None else float(a)
+    if n < 0:
+        raise ConfigError(f"sandwich-random-configs must be >= 0, got {n}")
+    if not 0.0 <= a <= 1.0:
+        raise ConfigError(f"inplace-distill must be in [0, 1], got {a}")
+    return sampling, n, a
 
 
 def add_sub_config_args(parser) -> None:
@@ -138,7 +175,9 @@ def add_latency_args(parser) -> None:
     add = lambda flag, **kw: g.add_argument(flag, **kw) if flag not in names else None
     add("--latcpu", action="store_true", help="measure on the CPU with torch (HAT)")
     add("--latgpu", action="store_true", help="measure on the GPU with torch (HAT)")
-    add("--latnpu", action="store_true", help="measure a converted RKNN model on the board")
+    add("--latnpu", action="store_true",
+        help="the RK3588 NPU: latency_dataset.py builds an RKNN bundle for the board (latency-backend npu); "
+             "train.py --rknn-name NAME times a converted RKNN model on the board")
     add("--latiter", type=int_at_least(1), default=None,
         help="timed runs per SubTransformer (HAT; protocol default 20)")
     add("--latsilent", action="store_true", help="no per-run printing (HAT)")
@@ -183,18 +222,75 @@ def vocab_size(args) -> int:
     data = str(getattr(args, "data", "") or "").split(":")[0]
     path = find_dict(data, getattr(args, "source_lang", None))
     if path is None:
-        raise ConfigError(f"no dictionary in data dir {data!r}: give lat-vocab-size")
+        hint = data_source_hint(data)
+        how = f"{hint} fetches that task's data; or give lat-vocab-size" if hint else "give lat-vocab-size"
+        raise ConfigError(f"no dictionary in data dir {data!r}: {how}")
     return dict_size(path)
 
 
+def data_source_hint(data: str) -> Optional[str]:
+    """The command that fetches ``data`` when it is the data dir of a task under ``configs/`` that has a
+    ``get_preprocessed.sh`` (the paper tasks: ``bash configs/wmt14.en-de/get_preprocessed.sh``), else None. The
+    task is found by its SuperTransformer YAMLs' ``data`` key, so a task added the same way is found too."""
+    import glob
+    import os
+
+    from hat.config import load_yaml
+
+    if not data:
+        return None
+    want = os.path.normpath(data)
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    for script in sorted(glob.glob(os.path.join(configs, "*", "get_preprocessed.sh"))):
+        task = os.path.dirname(script)
+        for yml in sorted(glob.glob(os.path.join(task, "supertransformer", "*.yml"))):
+            try:
+                named = load_yaml(yml).get("data")
+            except ConfigError:
+                continue
+            if named and os.path.normpath(str(named)) == want:
+                return f"bash configs/{os.path.basename(task)}/get_preprocessed.sh"
+    return None
+
+
+def hat_save_dir(configs: Optional[str]) -> Optional[str]:
+    """HAT's default checkpoint folder (its ``utils.handle_save_path``): ``checkpoints/`` + the ``--configs`` path
+    below ``configs/`` without its extension (``checkpoints/wmt14.en-de/subtransformer/wmt14ende_npu@200ms``); None
+    for a YAML outside ``configs/``. train.py saves there unless save-dir is given; convert2onnx.py loads from there
+    unless model-path is given."""
+    import os
+
+    if not configs:
+        return None
+    rel = os.path.normpath(configs)
+    if os.path.isabs(rel):
+        rel = os.path.relpath(rel)
+    parts = rel.split(os.sep)
+    if len(parts) < 2 or parts[0] != "configs":
+        return None
+    return os.path.join("checkpoints", *parts[1:-1], os.path.splitext(parts[-1])[0])
+
+
+# HAT's hardware flags -> the backends that measure on that hardware (the first is the flag's own backend)
+HARDWARE_FLAGS = {"latcpu": ("cpu", "onnxruntime"), "latgpu": ("gpu",), "latnpu": ("npu", "npu-adb")}
+
+
 def backend_name(args) -> str:
-    if getattr(args, "latency_backend", None):
-        return args.latency_backend
-    if getattr(args, "latgpu", False):
-        return "gpu"
-    if getattr(args, "latcpu", False):
-        return "cpu"
-    raise ConfigError("choose a backend: latency-backend (cpu, gpu, onnxruntime, npu, npu-adb), latcpu or latgpu")
+    """The latency backend: ``latency-backend``, else the one HAT's hardware flag names (``latcpu`` cpu, ``latgpu``
+    gpu, ``latnpu`` npu). A flag that names other hardware than ``latency-backend``, or two flags, are an error."""
+    flags = [f for f in HARDWARE_FLAGS if getattr(args, f, False)]
+    if len(flags) > 1:
+        raise ConfigError(f"{' and '.join('--' + f for f in flags)} name different hardware: give one of them")
+    chosen = getattr(args, "latency_backend", None)
+    if chosen:
+        if flags and chosen not in HARDWARE_FLAGS[flags[0]]:
+            raise ConfigError(f"--{flags[0]} asks for {'/'.join(HARDWARE_FLAGS[flags[0]])} but latency-backend is "
+                              f"{chosen}: drop one of them")
+        return chosen
+    if flags:
+        return HARDWARE_FLAGS[flags[0]][0]
+    raise ConfigError("choose a backend: latency-backend (cpu, gpu, onnxruntime, npu, npu-adb), latcpu, latgpu or "
+                      "latnpu")
 
 
 # protocol field -> the flag (dest) that sets it

@@ -59,6 +59,18 @@ def add_evaluation_args(parser):
     group.add_argument("--reference", help="detokenized reference file (default: <data>/raw/<subset>.<tgt>)")
     if "--results-path" not in names:
         group.add_argument("--results-path", help="write detokenized hypotheses here (one per line, in input order)")
+    # dest raw_input: fairseq's own config has an `input` (fairseq-interactive's) that a None would break
+    group.add_argument("--input", dest="raw_input", metavar="FILE",
+                       help="translate raw text (one sentence a line; - = stdin) instead of a split: the task's "
+                            "tokenization and BPE, then undone")
+    group.add_argument("--print-sentences", action="store_true",
+                       help="print fairseq's S-/T-/H-/D-/P- lines of every sentence (as HAT's generate.py)")
+    group.add_argument("--detok-lang", metavar="LANG", help="Moses detokenizer language (default: en for a split's "
+                                                            "SacreBLEU, as HAT's test.sh; the target for --input)")
+    group.add_argument("--input-lowercase", action="store_true",
+                       help="--input: lowercase after Moses tokenization (IWSLT'14's preprocessing)")
+    group.add_argument("--input-normalize", action="store_true",
+                       help="--input: Moses punctuation normalization first (WMT'14 En-Fr, WMT'19 En-De)")
 
 
 def _data_positional(cli, positional):
@@ -160,11 +172,14 @@ def validate_space(args):
     """Fail before fairseq starts (nothing written) if the space or the SubTransformer does not fit."""
     if not str(getattr(args, "arch", "")).startswith("transformersuper"):
         return
-    from hat.args import apply_arch_defaults, space_from_args, sub_config_from_args
+    from hat.args import apply_arch_defaults, space_from_args, sub_config_from_args, supernet_recipe
 
     apply_arch_defaults(args)
     source = args.configs or "command line"
     space = space_from_args(args, source=source)
+    if supernet_recipe(args) is not None and getattr(args, "train_subtransformer", False):
+        raise ConfigError(f"{source}: supernet-sampling: sandwich trains a SuperTransformer, not one SubTransformer "
+                          "(--train-subtransformer)")
     sub = sub_config_from_args(args, source=source)
     if sub is not None:
         space.fits(sub, source=source)

@@ -5,6 +5,12 @@ distributed rank (and every micro-batch of one update, with --update-freq) train
 Validation runs the largest and the smallest SubTransformer and logs both losses (``loss`` is the largest's, so
 checkpoint selection keeps HAT's behaviour). A model built with --train-subtransformer trains and validates its one
 fixed architecture.
+
+``supernet-sampling: sandwich`` (a YAML key; HAT's uniform sampling stays the default) trains the largest, the smallest
+and ``sandwich-random-configs`` sampled SubTransformers on every batch, with in-place distillation from the largest
+(``inplace-distill``): the recipe of BigNAS/OFA-style weight sharing, chosen by ``benchmarks/supernet_recipe.py``.
+Each SubTransformer gets its own backward, so use a DDP backend that reduces once per update (``legacy_ddp``, as the
+configs set).
 """
 from __future__ import annotations
 
@@ -26,9 +32,30 @@ def _samples(model):
     return not getattr(model, "is_subtransformer", True) and hasattr(model, "sample_for_update")
 
 
+def _recipe(model):
+    from hat.args import supernet_recipe
+
+    if not _samples(model):
+        return None
+    if not hasattr(model, "_hat_recipe"):
+        model._hat_recipe = supernet_recipe(model.args)
+    return model._hat_recipe
+
+
+def distill_loss(model, net_output, teacher_probs, target, padding_idx):
+    """In-place distillation: cross-entropy of the SubTransformer's output against the largest one's (detached)
+    distribution, summed over the non-padding target tokens (the same scale as the label loss)."""
+    lprobs = model.get_normalized_probs(net_output, log_probs=True)
+    per_token = -(teacher_probs * lprobs).sum(dim=-1)
+    return per_token.masked_fill(target.eq(padding_idx), 0.0).sum()
+
+
 @register_task("translation_hat", dataclass=TranslationConfig)
 class TranslationHatTask(TranslationTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        recipe = _recipe(model)
+        if recipe is not None:
+            return self._sandwich_step(sample, model, criterion, optimizer, update_num, ignore_grad, recipe)
         if _samples(model):
             model.set_sample_config(model.sample_for_update(update_num))
             if _LOG_SAMPLES:
@@ -39,6 +66,45 @@ class TranslationHatTask(TranslationTask):
                 print(f"hat-sample rank={rank} update={update_num} config={model.sample_config.key()}",
                       file=sys.stderr, flush=True)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def _sandwich_step(self, sample, model, criterion, optimizer, update_num, ignore_grad, recipe):
+        """The sandwich rule: the largest, the smallest and N sampled SubTransformers on the same batch, one
+        backward each (gradients summed); with inplace-distill A > 0 every one but the largest learns from
+        A x the largest's detached output distribution + (1 - A) x the criterion's label loss. The returned loss and
+        log are the largest's (as HAT's valid loss, so training curves stay comparable)."""
+        import torch
+        from fairseq.optim.amp_optimizer import AMPOptimizer
+
+        _, n_random, alpha = recipe
+        model.train()
+        model.set_num_updates(update_num)
+        configs = model.space.sandwich_for_update(model.sample_seed, update_num, n_random)
+        outputs = []
+        hook = model.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+        teacher = None
+        first = None
+        try:
+            for i, cfg in enumerate(configs):
+                model.set_sample_config(cfg)
+                outputs.clear()
+                with torch.autograd.profiler.record_function("forward"):
+                    with torch.cuda.amp.autocast(enabled=isinstance(optimizer, AMPOptimizer)):
+                        loss, sample_size, log = criterion(model, sample)
+                        if i == 0:
+                            first = (loss.detach(), sample_size, log)
+                            if alpha > 0:
+                                teacher = model.get_normalized_probs(outputs[0], log_probs=False).detach()
+                        elif alpha > 0:
+                            kd = distill_loss(model, outputs[0], teacher, sample["target"], self.tgt_dict.pad())
+                            loss = (1.0 - alpha) * loss + alpha * kd
+                if ignore_grad:
+                    loss = loss * 0
+                with torch.autograd.profiler.record_function("backward"):
+                    optimizer.backward(loss)
+        finally:
+            hook.remove()
+            model.set_sample_config(configs[0])
+        return first
 
     def valid_step(self, sample, model, criterion):
         if not _samples(model):

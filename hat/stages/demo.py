@@ -12,7 +12,7 @@ the baseline's (memory model, fp16), so the question the table answers is: how m
 Transformer of the same memory does the search get, and at what BLEU?
 
 ``--device cpu`` (default; about 20 minutes on 2 cores) starts from the demo SuperTransformer shipped in
-``pretrained/`` (trained by this project's train.py on 2 H200s, command and log beside it; ``--retrain-super`` trains
+``pretrained/`` (trained by this project's train.py on one H200 with the sandwich rule, command and log beside it; ``--retrain-super`` trains
 it here instead) and fine-tunes both SubTransformers from its inherited weights for the same few updates.
 ``--device cuda`` is the full-size demo: the SuperTransformer and both SubTransformers are trained from scratch,
 fp16, with a larger latency dataset and search.
