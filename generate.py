@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Translate a split with beam search and print a detokenized sacrebleu score with its signature.
+"""Translate a split with beam search and print its BLEU as HAT computes it (SacreBLEU with its signature; on HAT's
+Moses + BPE data also tokenized BLEU with compound splitting), or translate raw text (--input FILE|-).
 
-    python generate.py --configs=configs/demo.de-en/subtransformer/demo@small.yml \
+    python generate.py --configs=configs/demo.de-en/subtransformer/demo_small.yml \
                        --sub-configs=configs/demo.de-en/subtransformer/common.yml \
-                       --path checkpoints/demo.de-en/subtransformer/demo@small/checkpoint_best.pt
+                       --path checkpoints/demo.de-en/subtransformer/demo_small/checkpoint_best.pt
 """
 from hat.cli import run
 from hat.stages.generate import main

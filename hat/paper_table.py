@@ -1,13 +1,13 @@
 """The SubTransformers HAT published, as a table: our parameter and FLOP counts next to HAT's numbers.
 
-    python -m hat.paper_table [--task wmt14.en-de] [--predictor CKPT] [--markdown]
+    python -m hat.paper_table [--task wmt14.en-de] [--predictor CKPT] [--latency-csv CSV] [--markdown]
 
 Rows are the architecture files ``configs/<task>/subtransformer/HAT_*.yml`` (HAT's names: hardware, latency and
 BLEU are in the name). Columns:
 
 * ``params`` -- ours: the parameters of the model this repo builds for the architecture (on the meta device, no
   memory), counted as HAT's README counts them: **without the embedding table and the output projection** ("they
-  depend on the task"). ``pub`` is HAT's README figure (M).
+  depend on the task"); the second ``params(M)`` column is HAT's README figure.
 * ``GFLOPs`` -- ours, analytic (:func:`flops`), counted the way HAT did (``train.py --profile-flops`` with
   torchprofile): one teacher-forced forward pass of a batch of one sentence, **source and target both L tokens,
   L = 30 for WMT and 23 for IWSLT** (HAT's profiling lengths); FLOPs = 2 x multiply-accumulates of every matmul
@@ -15,9 +15,16 @@ BLEU are in the name). Columns:
   (query by head_dim^-1/2, embeddings by sqrt(dim)); bias adds, softmax, ReLU and the embedding lookup are free; the
   output projection is excluded. Arbitrary encoder-decoder attention over the last k encoder layers projects keys and
   values of k*L tokens.
-* ``latency`` / ``BLEU`` / ``sacreBLEU`` -- HAT's published figures (latency and BLEU from the name).
-* ``predicted`` -- from ``--predictor CKPT`` when :mod:`hat.predictor` exists; ``measured`` -- n/a (the latency
-  stage measures, see latency_dataset.py).
+* ``latency`` / ``BLEU`` / ``sacreBLEU`` and the second ``params(M)`` / ``GFLOPs`` columns -- HAT's published
+  figures, labelled ``published:HAT`` (latency and BLEU from the name; the latency was measured by HAT on the hardware
+  in the name, not here).
+* ``predicted(ms)`` -- ``--predictor CKPT`` (:mod:`hat.predictor`'s checkpoint): labelled ``predicted:<backend>``
+  after the measurements it was trained on, its protocol under the table. A row outside the predictor's search space
+  (or, without a recorded space, beyond its training data) is ``n/a``, with the reason under the table.
+* ``measured(ms)`` -- ``--latency-csv CSV`` (a latency_dataset.py CSV, read by :func:`hat.latency.dataset.read_table`):
+  encoder + decoder latency of the CSV's row with the row's architecture, labelled with the CSV's source
+  (``measured:<backend>``); ``n/a`` for architectures the CSV does not hold. Both latencies are for the machine and
+  protocol of their file, not for HAT's hardware.
 
 Published figures are HAT's README (github.com/mit-han-lab/hardware-aware-transformers, the table of pre-trained
 SubTransformers). Seven published checkpoints have no architecture file in HAT's repository; they are listed under
@@ -25,16 +32,18 @@ the table, not invented.
 """
 from __future__ import annotations
 
+import csv
 import glob
-import importlib
 import os
 import re
+import statistics
+from collections import defaultdict
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from hat.config import load_yaml
-from hat.errors import HatError
-from hat.space import SubConfig, ende_layers
+from hat.errors import ConfigError, HatError
+from hat.space import SearchSpace, SubConfig, ende_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -129,12 +138,24 @@ def _order(hn: HatName):
     return (hw.index(hn.hardware) if hn.hardware in hw else len(hw), hn.hardware, hn.latency_ms)
 
 
+def configs_dir() -> str:
+    """``configs/`` of the checkout this package lies in, else of the current directory (the architecture files are
+    not part of an installed wheel)."""
+    for root in (ROOT, os.getcwd()):
+        d = os.path.join(root, "configs")
+        if glob.glob(os.path.join(d, "*", "subtransformer", "HAT_*.yml")):
+            return d
+    raise HatError(f"no configs/<task>/subtransformer/HAT_*.yml in {ROOT} or the current directory: run from a "
+                   f"checkout of hat-rknn (the architecture files are not installed with the package)")
+
+
 def arch_files(task: Optional[str] = None) -> List[str]:
     dirs = [task_dir(task)] if task else [v[0] for v in TASKS.values()]
+    configs = configs_dir()
     out = []
     for d in dirs:
         out += sorted(
-            glob.glob(os.path.join(ROOT, "configs", d, "subtransformer", "HAT_*.yml")),
+            glob.glob(os.path.join(configs, d, "subtransformer", "HAT_*.yml")),
             key=lambda p: _order(parse_name(os.path.basename(p)[:-4])),
         )
     return out
@@ -178,37 +199,121 @@ def parameters(cfg: SubConfig, share_all_embeddings: bool = True) -> int:
     return total
 
 
-# -- optional latency predictor ------------------------------------------------------------------------------------
-def load_predictor(path: str):
-    """(predictor, None) or (None, why not). Uses :mod:`hat.predictor` when that module exists."""
-    try:
-        mod = importlib.import_module("hat.predictor")
-    except ImportError:
-        return None, "hat.predictor is not available in this checkout: predicted latency n/a"
-    for attr in ("load_predictor", "load"):
-        fn = getattr(mod, attr, None)
-        if callable(fn):
+# -- latency columns: predicted (--predictor) and measured (--latency-csv) -------------------------------------------
+PUBLISHED_LABEL = "published:HAT"
+PUBLISHED_NOTE = (f"{PUBLISHED_LABEL} = HAT's README (github.com/mit-han-lab/hardware-aware-transformers, pre-trained "
+                  f"SubTransformers): #Params, FLOPs, BLEU, sacreBLEU; latency measured by HAT on the hardware in the "
+                  f"name")
+
+Figure = Tuple[Optional[float], Optional[str]]  # (ms, None) or (None, why it is n/a)
+
+
+def _backend_of(source: str) -> str:
+    """``measured:onnxruntime`` -> ``onnxruntime``; ``measured:hat:wmt14ende_xeon`` -> ``hat:wmt14ende_xeon``."""
+    head, _, rest = source.partition(":")
+    return rest if head in ("measured", "extrapolated") and rest else source
+
+
+class PredictedLatency:
+    """``--predictor CKPT``: a :mod:`hat.predictor` checkpoint. ``self(cfg)`` -> (ms, None), or (None, why) for an
+    architecture the predictor was not trained for: outside its search space (the space saved in the checkpoint), or,
+    when it saved none, a feature beyond the largest of its training data."""
+
+    def __init__(self, path: str):
+        from hat.predictor import LatencyPredictor
+
+        self.path = path
+        self.predictor = LatencyPredictor.load(path)  # CheckpointError: one line
+        meta = self.predictor.meta
+        self.space = None
+        if meta.get("space"):
             try:
-                return fn(path), None
-            except Exception as e:  # a bad checkpoint: say so, keep the table
-                return None, f"cannot load predictor {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-    return None, "hat.predictor has no load_predictor(): predicted latency n/a"
+                self.space = SearchSpace.from_dict(dict(meta["space"]), source=f"the search space of {path}")
+            except (ConfigError, TypeError, ValueError) as e:
+                raise ConfigError(f"{path}: the search space saved in the latency predictor is unreadable ({e})") \
+                    from None
+        protocol = self.predictor.protocol
+        self.protocol = protocol
+        self.backend = protocol.backend if protocol is not None and protocol.backend else \
+            _backend_of(self.predictor.source)
+        self.label = f"predicted:{self.backend}"
 
+    def describe(self) -> str:
+        trained = f"trained on {self.predictor.source}"
+        if self.protocol is not None:
+            trained += f" ({self.protocol.describe()})"
+        test = (self.predictor.meta.get("metrics") or {}).get("test") or {}
+        err = f"; test MRE {100 * test['mape']:.1f} %" if isinstance(test.get("mape"), (int, float)) else ""
+        space = f"search space {self.predictor.space_fingerprint}" if self.space is not None else \
+            "no search space recorded"
+        return f"{self.label} = latency predictor {self.path}, {trained}; {space}{err}"
 
-def predict_ms(predictor, cfg: SubConfig) -> Optional[float]:
-    for attr in ("predict_config", "predict"):
-        fn = getattr(predictor, attr, None)
-        if not callable(fn):
-            continue
-        try:
-            out = fn(cfg) if attr == "predict_config" else fn([cfg.features()])
-        except Exception:
-            continue
-        try:
-            return float(out[0]) if hasattr(out, "__len__") else float(out)
-        except (TypeError, ValueError):
+    def why_not(self, cfg: SubConfig) -> Optional[str]:
+        if self.space is not None:
+            try:
+                self.space.validate(cfg, source="architecture")
+            except ConfigError as e:
+                return "outside the predictor's search space: " + str(e).split(": ", 1)[-1]
             return None
-    return None
+        if str(self.predictor.meta.get("norm_source", "")).startswith("training split"):
+            from hat.predictor import config_features
+
+            vals = config_features(cfg, self.predictor.feature_names)
+            over = [f"{name} {v:g} (largest {top:g})"
+                    for name, v, top in zip(self.predictor.feature_names, vals, self.predictor.scale)
+                    if v > top * (1 + 1e-9)]
+            if over:
+                return "beyond the predictor's training data: " + ", ".join(over)
+        return None
+
+    def __call__(self, cfg: SubConfig) -> Figure:
+        why = self.why_not(cfg)
+        if why:
+            return None, why
+        return float(self.predictor.predict_config(cfg)), None
+
+
+class MeasuredLatency:
+    """``--latency-csv CSV``: a latency_dataset.py CSV. ``self(cfg)`` -> the encoder + decoder latency (ms) of the
+    CSV's row with ``cfg``'s architecture (the median if it has several), or (None, why)."""
+
+    def __init__(self, path: str):
+        from hat.latency.dataset import read_table
+        from hat.latency.protocol import Protocol
+
+        self.path = path
+        try:
+            data = read_table(path)  # ConfigError: one line
+        except (UnicodeDecodeError, csv.Error) as e:
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"{path} is not a latency CSV ({why})") from None
+        if data.layout != "ours":
+            raise ConfigError(f"{path} is one of HAT's latency CSVs (features only, no config column): its rows cannot "
+                              f"be matched to architectures; give a CSV written by latency_dataset.py")
+        if len(data.sources) > 1:
+            raise ConfigError(f"{path} mixes latencies from {', '.join(data.sources)}: one source per column")
+        if len(data.protocols) > 1:
+            a, b = (Protocol.from_json(p) for p in data.protocols[:2])
+            why = a.mismatch(b) or f"machine {a.machine!r} vs {b.machine!r}"
+            raise ConfigError(f"{path} mixes {len(data.protocols)} measuring protocols ({why}): one protocol per "
+                              f"column")
+        self.protocol = Protocol.from_json(data.protocols[0], source=path) if data.protocols else None
+        self.label = data.source
+        self.rows = len(data)
+        self.by_key: Dict[str, List[float]] = defaultdict(list)
+        for cfg, ms in zip(data.configs or [], data.latency):
+            self.by_key[cfg.key()].append(float(ms))
+
+    def describe(self) -> str:
+        how = f" ({self.protocol.describe()})" if self.protocol is not None else " (no protocol recorded)"
+        return (f"{self.label} = {self.path}: encoder + decoder latency of the row with the same architecture"
+                f"{how}")
+
+    def __call__(self, cfg: SubConfig) -> Figure:
+        got = self.by_key.get(cfg.key())
+        if not got:
+            return None, f"not among the {self.rows} rows of {self.path}"
+        return float(statistics.median(got)), None
 
 
 # -- table ---------------------------------------------------------------------------------------------------------
@@ -225,10 +330,13 @@ class Row:
     gflops: float
     gflops_published: Optional[float]
     predicted_ms: Optional[float] = None
+    predicted_why: Optional[str] = None
     measured_ms: Optional[float] = None
+    measured_why: Optional[str] = None
 
 
-def rows(task: Optional[str] = None, predictor=None) -> List[Row]:
+def rows(task: Optional[str] = None, predicted: Optional[Callable[[SubConfig], Figure]] = None,
+         measured: Optional[Callable[[SubConfig], Figure]] = None) -> List[Row]:
     out = []
     for path in arch_files(task):
         name = os.path.basename(path)[:-4]
@@ -236,6 +344,8 @@ def rows(task: Optional[str] = None, predictor=None) -> List[Row]:
         d, _, length = TASKS[hn.task]
         cfg = load_arch(path)
         pub = PUBLISHED.get(name)
+        pred = predicted(cfg) if predicted is not None else (None, None)
+        meas = measured(cfg) if measured is not None else (None, None)
         out.append(
             Row(
                 name=name,
@@ -248,7 +358,10 @@ def rows(task: Optional[str] = None, predictor=None) -> List[Row]:
                 params_published_m=pub[0] if pub else None,
                 gflops=flops(cfg, length) / 1e9,
                 gflops_published=pub[1] if pub else None,
-                predicted_ms=predict_ms(predictor, cfg) if predictor is not None else None,
+                predicted_ms=pred[0],
+                predicted_why=pred[1],
+                measured_ms=meas[0],
+                measured_why=meas[1],
             )
         )
     return out
@@ -265,8 +378,25 @@ def _fmt(v, spec):
     return "n/a" if v is None else format(v, spec)
 
 
-def render(table: List[Row], markdown: bool = False) -> str:
-    head = ["name", "params(M)", "pub", "GFLOPs", "pub", "latency", "BLEU", "sacreBLEU", "predicted(ms)", "measured(ms)"]
+def columns(predicted_label: Optional[str] = None, measured_label: Optional[str] = None) -> List[Tuple[str, str]]:
+    """(title, source) of every column: where each figure comes from."""
+    return [
+        ("name", ""),
+        ("params(M)", "counted"),
+        ("params(M)", PUBLISHED_LABEL),
+        ("GFLOPs", "analytic"),
+        ("GFLOPs", PUBLISHED_LABEL),
+        ("latency", PUBLISHED_LABEL),
+        ("BLEU", PUBLISHED_LABEL),
+        ("sacreBLEU", PUBLISHED_LABEL),
+        ("predicted(ms)", predicted_label or "no --predictor"),
+        ("measured(ms)", measured_label or "no --latency-csv"),
+    ]
+
+
+def render(table: List[Row], markdown: bool = False, predicted_label: Optional[str] = None,
+           measured_label: Optional[str] = None) -> str:
+    cols = columns(predicted_label, measured_label)
     body = [
         [
             r.name,
@@ -283,12 +413,30 @@ def render(table: List[Row], markdown: bool = False) -> str:
         for r in table
     ]
     if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        head = [f"{t} [{s}]" if s else t for t, s in cols]
+        lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         lines += ["| " + " | ".join(b) + " |" for b in body]
         return "\n".join(lines)
-    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([fmt(head)] + [fmt(b) for b in body])
+    heads = [[t for t, _ in cols], [f"[{s}]" if s else "" for _, s in cols]]  # two header lines: title, source
+    widths = [max(len(x[i]) for x in heads + body) for i in range(len(cols))]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                  for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return "\n".join([fmt(h) for h in heads] + [fmt(b) for b in body])
+
+
+def na_notes(table: List[Row]) -> List[str]:
+    """One line per reason a predicted or measured figure is n/a, naming the rows (all of them: 'every row')."""
+    out = []
+    for title, attr in (("predicted(ms)", "predicted_why"), ("measured(ms)", "measured_why")):
+        groups: Dict[str, List[str]] = {}
+        for r in table:
+            why = getattr(r, attr)
+            if why:
+                groups.setdefault(why, []).append(r.name)
+        for why, names in groups.items():
+            which = f"every row ({len(names)})" if len(names) == len(table) else ", ".join(names)
+            out.append(f"{title} n/a, {why}: {which}")
+    return out
 
 
 if __name__ == "__main__":  # python -m hat.paper_table: the CLI is hat/stages/paper_table.py

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HAT = ROOT / "hat"
 SCRIPTS = ("train.py", "evo_search.py", "latency_dataset.py", "latency_predictor.py", "convert2onnx.py",
-           "convert2rknn.py", "generate.py", "download_model.py")
+           "convert2rknn.py", "generate.py", "download_model.py", "score.py")
 CORE = ("hat.space", "hat.modules", "hat.models", "hat.search", "hat.memory")
 
 

@@ -21,6 +21,7 @@ SCRIPTS = {
     "convert2rknn.py": (["convert2rknn.py"], True, False),
     "generate.py": (["generate.py"], True, False),
     "download_model.py": (["download_model.py"], False, False),
+    "score.py": (["score.py"], False, False),
     "hat.demo": (["-m", "hat.demo"], False, True),
     "hat.paper_table": (["-m", "hat.paper_table"], False, True),
     "hat.checkpoint": (["-m", "hat.checkpoint"], False, False),
