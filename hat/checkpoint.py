@@ -5,10 +5,16 @@ A checkpoint of ``transformersuper`` is a fairseq checkpoint: its ``cfg['model']
 built from (super dims, search space, and, for a SubTransformer, its ``*-subtransformer`` keys), its ``model`` the
 weights under ``encoder.core.*`` / ``decoder.core.*``. Loading it WITH fairseq (model + task, for validation and
 generation) and writing it (strip) are in :mod:`hat.fairseq_plugin.checkpoint`.
+
+A checkpoint in HAT's own layout (MIT HAN Lab's code, e.g. ``download_model.py
+--model-name=HAT_wmt14ende_super_space0``) is converted on reading by :func:`read_checkpoint` (:mod:`hat.hat_layout`),
+the one place every loader goes through.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -16,6 +22,8 @@ import torch
 
 from hat.args import options_from_args, space_from_args, sub_config_from_args
 from hat.errors import CheckpointError
+from hat.hat_layout import convert_checkpoint, hat_args_to_ours, is_hat_checkpoint, position_table_dims
+from hat.io import atomic_output
 from hat.models.transformer import SuperTransformer
 from hat.space import SearchSpace, SubConfig
 
@@ -62,8 +70,9 @@ def check_readable(path: str, what: str, hint: str) -> None:
         raise CheckpointError(f"{what}: truncated or corrupt ({msg}); {hint}") from None
 
 
-def load_model(path: str) -> LoadedModel:
-    """Load a train.py checkpoint as a standalone :class:`SuperTransformer` (CPU, eval mode)."""
+def read_checkpoint(path: str) -> dict:
+    """The checkpoint in ``path`` as a dict in this project's layout (CPU tensors): a train.py checkpoint as saved, one
+    in HAT's layout converted (:func:`hat.hat_layout.convert_checkpoint`); one :class:`CheckpointError` otherwise."""
     if not path or not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -73,9 +82,57 @@ def load_model(path: str) -> LoadedModel:
         raise CheckpointError(f"cannot load checkpoint {path}: {msg}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a fairseq checkpoint")
+    if is_hat_checkpoint(state):
+        state = convert_checkpoint(state, path)
+    return state
+
+
+def is_hat_file(path: str) -> bool:
+    """``path`` holds a checkpoint in HAT's layout (cheap for zip checkpoints: the weights are memory-mapped, not
+    read); False for anything else, including a file that cannot be read (its loader then says why)."""
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:  # an old (non-zip) torch file cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001  (the real load reports it in one line)
+        return False
+    return is_hat_checkpoint(state)
+
+
+def restore_file_for_training(path: str, save_dir: str) -> str:
+    """The file ``train.py --restore-file PATH`` resumes from: ``path`` itself, or for a checkpoint in HAT's layout
+    its conversion, written (atomically) to ``<save_dir>/hat_<name>``: fairseq's trainer cannot read HAT's fairseq-0.8
+    args, and HAT's optimizer, lr-scheduler and data-loader state are not carried (training starts from HAT's weights
+    with fresh ones, as fairseq's --reset-optimizer --reset-lr-scheduler --reset-dataloader would). The model args are
+    stored as fairseq 0.12 stores them (``cfg['model']``), which is all the trainer and :func:`load_model` read."""
+    if not is_hat_file(path):
+        return path
+    state = read_checkpoint(path)
+    state["cfg"] = {"model": state.pop("args")}
+    dst = os.path.join(save_dir, "hat_" + os.path.basename(path))
+    with atomic_output(dst) as tmp:  # a unique temporary name: with torchrun every rank converts
+        torch.save(state, tmp)
+    print(f"| restore-file {path} is a HAT checkpoint: converted to this project's layout in {dst} (weights only; "
+          f"optimizer, lr scheduler and data loader start fresh)", file=sys.stderr)
+    return dst
+
+
+def saved_args(state: dict, source: str = "checkpoint"):
+    """The model args a checkpoint was built from (fairseq 0.12's ``cfg['model']``, else ``args``; HAT's args mapped
+    to ours); None when it has none."""
     cfg = state.get("cfg") or {}
     args = cfg.get("model") if isinstance(cfg, dict) else None
     args = args if args is not None else state.get("args")
+    if args is not None and is_hat_checkpoint(state):
+        args = hat_args_to_ours(args, source)
+    return args
+
+
+def load_model(path: str) -> LoadedModel:
+    """Load a train.py checkpoint (or HAT's) as a standalone :class:`SuperTransformer` (CPU, eval mode)."""
+    state = read_checkpoint(path)
+    args = saved_args(state, path)
     if args is None or not str(getattr(args, "arch", "")).startswith("transformersuper"):
         raise CheckpointError(f"{path} is not a transformersuper checkpoint (arch {getattr(args, 'arch', None)!r})")
     weights = _core_state(state["model"])
@@ -86,9 +143,14 @@ def load_model(path: str) -> LoadedModel:
         raise CheckpointError(f"{path}: no embedding weights found") from None
     space = space_from_args(args, source=path)
     sub = sub_config_from_args(args, source=path)
-    opt = options_from_args(args, src_vocab, tgt_vocab)
+    enc_table, dec_table = position_table_dims(weights)
+    opt = dataclasses.replace(options_from_args(args, src_vocab, tgt_vocab), encoder_position_table_dim=enc_table,
+                              decoder_position_table_dim=dec_table)
     shape = sub if getattr(args, "train_subtransformer", False) and sub is not None else space.super_config()
-    model = SuperTransformer(shape, opt)
+    try:
+        model = SuperTransformer(shape, opt)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:

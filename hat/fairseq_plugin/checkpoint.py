@@ -1,5 +1,7 @@
 """Checkpoints through fairseq: loading a model WITH its task (validation loss, generation) and writing the stripped
-file that fairseq's loader still accepts. Reading one with torch alone is :func:`hat.checkpoint.load_model`."""
+file that fairseq's loader still accepts. Reading one with torch alone is :func:`hat.checkpoint.load_model`. A
+checkpoint in HAT's own layout is converted by :func:`hat.checkpoint.read_checkpoint` (:mod:`hat.hat_layout`) for both;
+its model args then get the rest of a fairseq 0.12 configuration here (:func:`fairseq_checkpoint`)."""
 from __future__ import annotations
 
 import os
@@ -8,13 +10,41 @@ from typing import Optional
 
 import torch
 
-from hat.checkpoint import load_model
+from hat.checkpoint import is_hat_file, load_model, read_checkpoint
 from hat.errors import CheckpointError
 from hat.io import atomic_output
 
 
+def fairseq_checkpoint(state: dict, data: Optional[str] = None) -> dict:
+    """A checkpoint converted from HAT's layout (model args only) with the full fairseq 0.12 args fairseq's loader
+    reads: task ``translation_hat`` on ``data`` (default: the data dir HAT trained on), HAT's criterion
+    and languages, the model keys of the conversion."""
+    from fairseq import options
+
+    from hat.fairseq_plugin.args import DEFAULT_TASK, PLUGIN_DIR, quiet_fairseq_imports
+
+    quiet_fairseq_imports()
+    import hat.fairseq_plugin  # noqa: F401  (registers transformersuper / translation_hat)
+
+    ours = state["args"]
+    argv = [str(data or ours.data or "."), "--task", DEFAULT_TASK, "--arch", ours.arch]
+    if ours.source_lang and ours.target_lang:
+        argv += ["-s", ours.source_lang, "-t", ours.target_lang]
+    if ours.criterion in ("label_smoothed_cross_entropy", "cross_entropy"):
+        argv += ["--criterion", ours.criterion]
+        if ours.criterion == "label_smoothed_cross_entropy" and ours.label_smoothing is not None:
+            argv += ["--label-smoothing", str(float(ours.label_smoothing))]
+    args = options.parse_args_and_arch(options.get_training_parser(), argv)
+    for k, v in vars(ours).items():
+        if k not in ("data", "source_lang", "target_lang", "criterion", "label_smoothing"):
+            setattr(args, k, v)
+    args.user_dir = PLUGIN_DIR
+    return dict(state, args=args)
+
+
 def load_checkpoint(path: str, data: str):
-    """(model, task, saved cfg) from a fairseq checkpoint of ``transformersuper``; one clear error if unusable."""
+    """(model, task, saved cfg) from a fairseq checkpoint of ``transformersuper`` (or HAT's); one clear error if
+    unusable."""
     from hat.fairseq_plugin.args import quiet_fairseq_imports
     from hat.fairseq_plugin.training import check_data_dir
 
@@ -30,8 +60,10 @@ def load_checkpoint(path: str, data: str):
     from fairseq import checkpoint_utils
 
     import hat.fairseq_plugin  # noqa: F401  (registers transformersuper / translation_hat)
+    state = fairseq_checkpoint(read_checkpoint(path), data) if is_hat_file(path) else None
     try:
-        models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
+        models, saved_cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+            [path], arg_overrides=None if state else {"data": data}, state=state)
     except (RuntimeError, EOFError, KeyError, ValueError, OSError, torch.serialization.pickle.UnpicklingError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"cannot load checkpoint {path}: {msg}") from None
@@ -67,7 +99,9 @@ def strip_checkpoint(src: str, dst: str, dtype: Optional[torch.dtype] = torch.fl
     not resume training. Returns the number of bytes written.
     """
     load_model(src)  # one clear error for anything that is not a transformersuper checkpoint
-    state = torch.load(src, map_location="cpu", weights_only=False)
+    state = read_checkpoint(src)
+    if "converted_from_hat" in (state.get("extra_state") or {}) and "cfg" not in state:
+        state = fairseq_checkpoint(state)  # HAT's layout: written in ours, loadable by every stage
     model, done = {}, {}
     for k, v in state["model"].items():  # tensors that share storage (tied embeddings) stay shared in the file
         key = (v.data_ptr(), tuple(v.shape), v.dtype)

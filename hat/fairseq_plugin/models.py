@@ -132,6 +132,15 @@ class TransformerSuperModel(FairseqEncoderDecoderModel):
     def max_positions(self):
         return (self.core.opt.max_source_positions, self.core.opt.max_target_positions)
 
+    def upgrade_state_dict_named(self, state_dict, name):
+        """fairseq calls this before every ``load_state_dict`` (trainer restore, checkpoint loading): weights in HAT's
+        layout are mapped (and cut to this model's shape), and the position tables follow the weights
+        (:func:`hat.hat_layout.upgrade_state_dict`)."""
+        from hat.hat_layout import upgrade_state_dict
+
+        upgrade_state_dict(self.core, state_dict, name)
+        return super().upgrade_state_dict_named(state_dict, name)
+
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **unused):
         enc = self.encoder(src_tokens, src_lengths)
         return self.decoder(prev_output_tokens, encoder_out=enc)
@@ -145,6 +154,8 @@ def inherit(core: SuperTransformer, sub: SubConfig, path: str) -> None:
     if (sup.model.opt.src_vocab, sup.model.opt.tgt_vocab) != (core.opt.src_vocab, core.opt.tgt_vocab):
         raise ValueError(f"--inherit-from {path}: vocabulary {sup.model.opt.src_vocab}/{sup.model.opt.tgt_vocab} "
                          f"differs from the data's {core.opt.src_vocab}/{core.opt.tgt_vocab}")
+    opt = sup.model.opt  # positions as the SuperTransformer computes them (HAT's: its super-wide tables)
+    core.set_position_table_dims(opt.encoder_position_table_dim, opt.decoder_position_table_dim)
     core.load_state_dict(sup.model.extract(sub).state_dict())
 
 

@@ -79,7 +79,7 @@ def check_save_dir(save_dir: str) -> None:
 def check_resume_file(args, save_dir: str) -> None:
     """The checkpoint fairseq would resume from (``restore-file``, by default ``<save-dir>/checkpoint_last.pt``) is
     readable, or one line says which file is broken, before fairseq starts."""
-    from hat.checkpoint import check_readable
+    from hat.checkpoint import check_readable, restore_file_for_training
 
     restore = getattr(args, "restore_file", None) or "checkpoint_last.pt"
     if restore == "checkpoint_last.pt":
@@ -88,7 +88,11 @@ def check_resume_file(args, save_dir: str) -> None:
             check_readable(path, f"cannot resume from {path} (the last checkpoint of an earlier run in save-dir "
                                  f"{save_dir})", "remove it to start again, or copy an intact checkpoint<N>.pt "
                                                  "there")
+            converted = restore_file_for_training(path, save_dir)
+            if converted != path:  # HAT's layout: resume from its conversion
+                args.restore_file = converted
         return
     if not os.path.isfile(restore):
         raise CheckpointError(f"restore-file {restore} not found")
     check_readable(restore, f"cannot resume from restore-file {restore}", "give an intact checkpoint")
+    args.restore_file = restore_file_for_training(restore, save_dir)  # converted when in HAT's layout

@@ -38,6 +38,7 @@ def trained_space(path: str):
     import torch
 
     from hat.args import space_from_args
+    from hat.checkpoint import saved_args
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
@@ -45,9 +46,7 @@ def trained_space(path: str):
         return None
     if not isinstance(state, dict):
         return None
-    cfg = state.get("cfg")
-    args = cfg.get("model") if isinstance(cfg, dict) else None
-    args = args if args is not None else state.get("args")
+    args = saved_args(state, path)  # HAT's layout: its args mapped to ours
     if args is None or getattr(args, "train_subtransformer", False):
         return None
     return space_from_args(args, source=path)

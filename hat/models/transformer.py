@@ -43,6 +43,10 @@ class ModelOptions:
     no_scale_embedding: bool = False
     max_source_positions: int = 256
     max_target_positions: int = 256
+    # width of the sinusoidal table whose first columns give the positions at any sampled width: 0 = the sampled
+    # width's own table (this project's models); HAT's models use the SuperTransformer's embed dim (hat.hat_layout)
+    encoder_position_table_dim: int = 0
+    decoder_position_table_dim: int = 0
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -170,7 +174,8 @@ class TransformerEncoder(_Stack):
         super().__init__()
         self.opt = opt
         self.embed_tokens = embed_tokens
-        self.embed_positions = ElasticSinusoidalPositions(opt.max_source_positions, opt.padding_idx)
+        self.embed_positions = ElasticSinusoidalPositions(opt.max_source_positions, opt.padding_idx,
+                                                          opt.encoder_position_table_dim)
         self.layers = nn.ModuleList(
             EncoderLayer(cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim[i], cfg.qkv_dim, opt)
             for i in range(cfg.encoder_layer_num)
@@ -218,7 +223,8 @@ class TransformerDecoder(_Stack):
         super().__init__()
         self.opt = opt
         self.embed_tokens = embed_tokens
-        self.embed_positions = ElasticSinusoidalPositions(opt.max_target_positions, opt.padding_idx)
+        self.embed_positions = ElasticSinusoidalPositions(opt.max_target_positions, opt.padding_idx,
+                                                          opt.decoder_position_table_dim)
         self.layers = nn.ModuleList(
             DecoderLayer(cfg.decoder_embed_dim, cfg.encoder_embed_dim, cfg.decoder_ffn_embed_dim[i], cfg.qkv_dim, opt)
             for i in range(cfg.decoder_layer_num)
@@ -337,6 +343,16 @@ class SuperTransformer(nn.Module):
         self.sample_config = cfg
         self.encoder.set_sample_config(cfg)
         self.decoder.set_sample_config(cfg)
+        return self
+
+    def set_position_table_dims(self, encoder: int, decoder: int) -> "SuperTransformer":
+        """Positions from the first columns of sinusoidal tables of these widths (0: the sampled width's own table;
+        see :class:`ModelOptions`); models extracted later inherit them."""
+        self.opt = dataclasses.replace(self.opt, encoder_position_table_dim=int(encoder or 0),
+                                       decoder_position_table_dim=int(decoder or 0))
+        for stack, dim in ((self.encoder, encoder), (self.decoder, decoder)):
+            stack.opt = self.opt
+            stack.embed_positions.set_table_dim(dim)
         return self
 
     def check_fits(self, cfg: SubConfig):

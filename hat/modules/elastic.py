@@ -101,9 +101,13 @@ class ElasticSinusoidalPositions(nn.Module):
     A token's position is ``padding_idx + 1 + (number of non-pad tokens before it)``, computed as a matrix product of
     the non-pad mask with a constant upper-triangular matrix (a buffer, so no Trilu/Range/CumSum op reaches an
     exported graph). Pads get ``padding_idx``, whose row is zero. Tables are cached per width, never trained.
+
+    ``table_dim`` 0 (this project's models): the table of a sampled width is built at that width. ``table_dim`` W
+    (HAT's models, see :mod:`hat.hat_layout`): the first columns of the table of width W, as HAT slices its
+    SuperTransformer-wide table; W is then a persistent buffer ``table_dim``, so it travels with the weights.
     """
 
-    def __init__(self, max_positions: int, padding_idx: int):
+    def __init__(self, max_positions: int, padding_idx: int, table_dim: int = 0):
         super().__init__()
         self.max_positions = max_positions
         self.padding_idx = padding_idx
@@ -111,13 +115,33 @@ class ElasticSinusoidalPositions(nn.Module):
             "upper", torch.triu(torch.ones(max_positions, max_positions)), persistent=False
         )
         self._tables: Dict[Tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+        self.table_width = 0
+        self.set_table_dim(table_dim)
+
+    def set_table_dim(self, table_dim: int) -> None:
+        """Use the first columns of the table of width ``table_dim`` (0: the sampled width's own table)."""
+        table_dim = int(table_dim or 0)
+        if table_dim:
+            self.register_buffer("table_dim", torch.tensor(table_dim, dtype=torch.int64, device=self.upper.device))
+        elif "table_dim" in self._buffers:
+            del self._buffers["table_dim"]
+        self.table_width = table_dim
+        self._tables.clear()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if "table_dim" in self._buffers:
+            self.table_width = int(self._buffers["table_dim"])
+            self._tables.clear()
 
     def table(self, dim: int, device, dtype) -> torch.Tensor:
         key = (dim, device, dtype)
         if key not in self._tables:
-            self._tables[key] = sinusoidal_table(self.max_positions + self.padding_idx + 1, dim, self.padding_idx).to(
-                device=device, dtype=dtype
-            )
+            width = self.table_width or dim
+            if dim > width:
+                raise ValueError(f"sampled width {dim} exceeds the position table's width {width}")
+            table = sinusoidal_table(self.max_positions + self.padding_idx + 1, width, self.padding_idx)
+            self._tables[key] = table[:, :dim].contiguous().to(device=device, dtype=dtype)
         return self._tables[key]
 
     def positions(self, tokens: torch.Tensor) -> torch.Tensor:
