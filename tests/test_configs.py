@@ -5,6 +5,7 @@ Stage dirs other engineers own (latency_*, evo_search, convert_onnx) are tested 
 """
 import glob
 import os
+import re
 
 import pytest
 
@@ -193,11 +194,166 @@ def test_readme_parameter_counts(name, params):
     assert total == got
 
 
-def test_paper_table_command(capsys):
-    from hat.stages.paper_table import main
+# ---- the RK3588 fork's files and HAT's per-hardware files of the paper tasks (issue 13) -----------------------------
+# task -> (short name, ONNX name of convert_onnx/super.yml, HAT's hardware for it (HAT's own config trees))
+FORK = {
+    "wmt14.en-de": ("wmt14ende", "wmt14_en_de", ("raspberrypi", "xeon", "titanxp")),
+    "wmt14.en-fr": ("wmt14enfr", "wmt14_en_fr", ("raspberrypi", "xeon", "titanxp")),
+    "wmt19.en-de": ("wmt19ende", "wmt19_en_de", ("titanxp",)),
+    "iwslt14.de-en": ("iwslt14deen", "iwslt14_de_en", ("titanxp",)),
+}
+HW_STEM = {"raspberrypi": "cpu_raspberrypi", "xeon": "cpu_xeon", "titanxp": "gpu_titanxp"}
+HAT_EVO_LATENCY = {"raspberrypi": 6000, "xeon": 200, "titanxp": 200}  # HAT's configs/<task>/evo_search/*.yml
 
-    assert main(["--task", "iwslt14.de-en", "--predictor", os.path.join(ROOT, "no-such-predictor.pt")]) == 0
-    out, err = capsys.readouterr()
-    lines = [l for l in out.splitlines() if l.startswith("HAT_")]
-    assert len(lines) == 5 and all(l.split()[-2:] == ["n/a", "n/a"] for l in lines)
-    assert "16.82  16.82" in out and "predictor" in err
+
+def _latency_args(path, *extra):
+    from hat.args import add_latency_args, parse_args
+
+    return parse_args([f"--configs={path}", "--lat-vocab-size", "1000", *extra], "latency_dataset.py",
+                      hooks=(add_latency_args,))
+
+
+def _evo_args(task, evo):
+    from hat.args import add_evo_args, add_latency_args
+    from hat.fairseq_plugin.args import build_args
+
+    def hook(p):
+        add_latency_args(p)
+        add_evo_args(p)
+
+    return build_args([f"--configs={space_file(task)}", f"--evo-configs={evo}", "--data", ROOT],
+                      extra_parser_hook=hook, extra_config_flags=("--evo-configs",))
+
+
+@pytest.mark.parametrize("task", PAPER_TASKS)
+def test_fork_and_hat_hardware_files_are_there(task):
+    short, _, hardware = FORK[task]
+    names = {rel(p) for p in glob.glob(os.path.join(CONFIGS, task, "**", "*.yml"), recursive=True)}
+    need = ["convert_onnx/super.yml", "convert_onnx/common.yml", "convert_onnx/common64.yml", "latency_dataset/npu.yml",
+            "latency_predictor/npu.yml", f"evo_search/{short}_npu.yml", f"evo_search/{short}_npu_test0.yml",
+            f"subtransformer/{short}_npu@200ms.yml", f"subtransformer/{short}_npu_test0@200ms.yml"]
+    for hw in hardware:
+        need += [f"latency_dataset/{HW_STEM[hw]}.yml", f"latency_predictor/{HW_STEM[hw]}.yml",
+                 f"evo_search/{short}_{hw}.yml"]
+    assert not [n for n in need if f"configs/{task}/{n}" not in names]
+
+
+@pytest.mark.parametrize("task", PAPER_TASKS)
+def test_latency_dataset_configs(task):
+    """npu.yml: the npu backend, a space covering the task's search space and qkv 64 (the test0 search), the
+    export's shapes; HAT's hardware files: HAT's backend flag and protocol, HAT's sampling space + the qkv gene."""
+    from hat.args import backend_name, space_from_args, stage_context
+    from hat.search import coverage_problems
+
+    iwslt = task.startswith("iwslt")
+    search = space_from_args(args_for(space_file(task)))
+    for path in sorted(glob.glob(os.path.join(CONFIGS, task, "latency_dataset", "*.yml"))):
+        args = _latency_args(path)
+        ctx = stage_context(args)  # known keys only, choices fit the super dims
+        hw = os.path.basename(path)[:-4]
+        assert backend_name(args) == {"npu": "npu", "gpu_titanxp": "gpu"}.get(hw, "cpu"), path
+        assert (ctx.protocol.src_len, ctx.protocol.tgt_len) == ((23, 23) if iwslt else (30, 30))  # HAT's sentence
+        assert not coverage_problems(search, ctx.space), path
+        assert args.lat_dataset_path.startswith("latency_dataset/")
+        if hw == "npu":
+            assert 64 in ctx.space.choices["qkv-dim-choice"] and args.latency_backend == "npu"
+            sup = os.path.join(CONFIGS, task, "convert_onnx", "super.yml")
+            export = parse_stage(c2o_parser(), [f"--configs={sup}"])
+            assert (export.src_len, export.tgt_len, export.beam) == (ctx.protocol.src_len, ctx.protocol.tgt_len,
+                                                                    ctx.protocol.beam)
+        else:  # HAT's protocol: trimmed mean, beam 5 (fairseq's default), RPi 2 runs
+            assert ctx.protocol.estimator == "trimmed-mean" and ctx.protocol.beam == 5
+            assert ctx.protocol.repeats == (2 if hw == "cpu_raspberrypi" else 20)
+
+
+def c2o_parser():
+    from hat.stages.convert2onnx import build_parser
+
+    return build_parser()
+
+
+def parse_stage(parser, argv):
+    from hat.config import parse_stage as parse
+
+    return parse(parser, argv, ("--configs", "--sub-configs"))
+
+
+@pytest.mark.parametrize("task", PAPER_TASKS)
+def test_convert_onnx_configs(task):
+    """super.yml exports HAT's downloaded SuperTransformer under the name the fork's convert2rknn.py command reads,
+    in the folder convert2rknn.py reads without --configs; common64.yml exports what common64.yml trained."""
+    from hat.download import load_registry
+    from hat.stages.convert2rknn import build_parser as rknn_parser
+
+    short, onnx_name, _ = FORK[task]
+    folder = os.path.join(CONFIGS, task, "convert_onnx")
+    sup = parse_stage(c2o_parser(), [f"--configs={os.path.join(folder, 'super.yml')}"])
+    default = parse_stage(rknn_parser(), [f"--onnx-name={onnx_name}"])
+    assert sup.name == onnx_name and sup.onnx_dir == default.onnx_dir == "onnx"
+    entry = load_registry()[f"HAT_{short}_super_{os.path.basename(space_file(task))[:-4]}"]
+    assert entry.kind == "supertransformer" and sup.model_path == f"downloaded_models/{entry.filename}"
+    for common in ("common.yml", "common64.yml"):
+        args = parse_stage(c2o_parser(), [f"--configs={os.path.join(folder, common)}"])
+        assert args.model_path is None and args.name is None and args.onnx_dir == "onnx"
+        assert (args.src_len, args.tgt_len, args.beam) == (sup.src_len, sup.tgt_len, sup.beam)
+        assert args.qkv_dim_subtransformer == (64 if common == "common64.yml" else None)
+
+
+@pytest.mark.parametrize("task", PAPER_TASKS)
+def test_evo_search_configs(task):
+    """Every search has a latency AND a memory constraint; HAT's hardware files keep HAT's predictor, SuperTransformer
+    and latency constraint, searching qkv 512 (all HAT's measurements and checkpoints know); the npu files use the
+    npu predictor, whose dataset's space covers what they search."""
+    from hat.args import space_from_args
+    from hat.search import coverage_problems
+
+    short, _, hardware = FORK[task]
+    npu_space = space_from_args(_latency_args(os.path.join(CONFIGS, task, "latency_dataset", "npu.yml")))
+    for hw in ("npu", "npu_test0") + hardware:
+        evo = os.path.join(CONFIGS, task, "evo_search", f"{short}_{hw}.yml")
+        args = _evo_args(task, evo)
+        assert args.latency_constraint > 0 and args.memory_constraint > 0, evo
+        assert args.write_config_path.startswith(f"configs/{task}/subtransformer/{short}_{hw}@")
+        space = space_from_args(args)
+        if hw.startswith("npu"):
+            pred = load_yaml(os.path.join(CONFIGS, task, "latency_predictor", "npu.yml"))
+            assert args.ckpt_path == pred["ckpt-path"] and args.latency_constraint == 200
+            assert args.memory_precision == "fp16"
+            assert os.path.basename(args.write_config_path) == f"{short}_{hw}@200ms.yml"
+            assert space.choices["qkv-dim-choice"] == ([64] if hw == "npu_test0" else [256, 512])
+            assert not coverage_problems(space, npu_space)
+        else:
+            pred = load_yaml(os.path.join(CONFIGS, task, "latency_predictor", f"{HW_STEM[hw]}.yml"))
+            assert args.ckpt_path == pred["ckpt-path"] and args.latency_constraint == HAT_EVO_LATENCY[hw]
+            assert args.restore_file.startswith("downloaded_models/HAT_") and args.memory_precision == "fp32"
+            assert space.choices["qkv-dim-choice"] == [512]
+            from hat.stages import latency_predictor as cli
+
+            predictor_yml = os.path.join(CONFIGS, task, "latency_predictor", HW_STEM[hw] + ".yml")
+            hat_space = cli.space_of(cli.parse_args([f"--configs={predictor_yml}"]))
+            assert not coverage_problems(space, hat_space)
+
+
+@pytest.mark.parametrize("task", PAPER_TASKS)
+def test_standin_npu_architectures(task):
+    """The *_npu@200ms.yml files come from the stand-in chain: they fit the task's space (test0: qkv 64), and their
+    header says what stood in for the board and the data, points to re-running on a board, and claims no NPU figure."""
+    from hat.args import space_from_args
+
+    short = FORK[task][0]
+    space = space_from_args(args_for(space_file(task)))
+    for variant, qkv in (("npu", (256, 512)), ("npu_test0", (64,))):
+        path = os.path.join(CONFIGS, task, "subtransformer", f"{short}_{variant}@200ms.yml")
+        cfg = load_arch(path)
+        assert cfg.qkv_dim in qkv
+        if variant == "npu":
+            space.validate(cfg, source=rel(path))  # a SubTransformer of the searched space
+        else:
+            space.fits(cfg, source=rel(path))  # the same space with qkv 64
+        with open(path) as f:
+            header = "".join(l for l in f if l.startswith("#"))
+        assert header.startswith("# STAND-IN, NOT AN RK3588 RESULT: re-run the chain on a board")
+        assert "measured:cpu" in header and "measured:board" not in header and "[predicted, stand-in cpu" in header
+        for named in re.findall(r"latency_dataset/standin_\w+\.(?:csv|pt)", header):
+            assert os.path.isfile(os.path.join(ROOT, named)), named
+        assert f"--evo-configs=configs/{task}/evo_search/{short}_{variant}.yml" in header

@@ -4,12 +4,13 @@
 
 The YAML is HAT's latency_dataset layout (the space and model keys of the SuperTransformer plus ``lat-dataset-path``,
 ``lat-dataset-size``, ``latcpu``/``latgpu``, ``latiter``, ``latsilent``) with ``latency-backend`` choosing any
-backend (cpu, gpu, onnxruntime, npu, npu-adb) and the protocol keys (``lat-estimator``, ``lat-pin``,
-``lat-threads``, ...). Every row records the protocol it was measured with; rows of another protocol are never
-appended to a file. ``npu`` times nothing here: it builds a bundle of RKNN models for the board
-(hat/latency/board.py runs it there) and ``--collect RESULTS.jsonl`` merges the board's results into the dataset;
-see :mod:`hat.latency.npu_bundle`. ``lat-workers N`` measures N SubTransformers at a time, each process pinned to its
-own core (with ``lat-pin``). Runs without fairseq.
+backend (cpu, gpu, onnxruntime, npu, npu-adb; HAT's ``--latcpu``/``--latgpu`` and the RK3588 fork's ``--latnpu``
+choose cpu/gpu/npu, and one that names other hardware than ``latency-backend`` is an error) and the protocol keys
+(``lat-estimator``, ``lat-pin``, ``lat-threads``, ...). Every row records the protocol it was measured with; rows
+of another protocol are never appended to a file. ``npu`` times nothing here: it builds a bundle of RKNN models for
+the board (hat/latency/board.py runs it there) and ``--collect RESULTS.jsonl`` merges the board's results into the
+dataset; see :mod:`hat.latency.npu_bundle`. ``lat-workers N`` measures N SubTransformers at a time, each process
+pinned to its own core (with ``lat-pin``). Runs without fairseq.
 """
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ def _measure_all(todo, args, opt, protocol, name, backend):
     from hat.latency.protocol import measure
 
     n = int(args.lat_workers or 1)
+    if not todo:  # a complete dataset: nothing to measure, no workers to start (or to find cores for)
+        return
     if n <= 1:
         for cfg in todo:
             yield cfg, measure(backend, cfg, backend.protocol)
