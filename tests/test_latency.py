@@ -162,3 +162,24 @@ def test_unknown_key_in_latency_config(tmp_path):
     bad.write_text(open(TINY).read() + "lat-dataset-sise: 3\n")
     r = run_script("latency_dataset.py", f"--configs={bad}")
     assert r.returncode == 2 and f"unknown key 'lat-dataset-sise' in {bad}" in r.stderr
+
+
+def test_protocol_names_the_export_graphs_it_timed_and_refuses_other_graphs():
+    """Rows measured before the protocol named the graphs' version were timed on version 1 of the exported graphs;
+    a backend that times exported graphs records the current version, so older numbers are refused (issue 14's
+    leaner graphs time differently)."""
+    import json
+
+    from hat.export import GRAPHS_VERSION
+    from hat.latency.protocol import Protocol
+
+    now = Protocol(threads=1).at("onnxruntime", "1.26.0")
+    assert now.graphs == GRAPHS_VERSION and f"export graphs v{GRAPHS_VERSION}" in now.describe()
+    legacy = json.loads(now.to_json())
+    del legacy["graphs"]
+    old = Protocol.from_dict(legacy)
+    assert old.graphs == "1" and GRAPHS_VERSION != "1"
+    assert "graphs" in now.mismatch(old)
+    assert Protocol.from_json(now.to_json()) == now
+    # torch backends run the model, not the exported graphs: nothing to name
+    assert Protocol().at("cpu", "torch").graphs == ""

@@ -27,6 +27,11 @@ from hat.errors import HatError
 
 PARTS = ("enc", "dec")
 SIDECAR_FORMAT = "hat-export/1"
+# What the exported encoder / decoder-step graphs compute and how (ops, layouts): part of every latency protocol that
+# times them (onnxruntime, the NPU), so numbers from other graphs are refused. Bump it with any change of
+# hat/export/graphs.py that changes the graphs' nodes (tests/test_export.py pins the node counts per layer).
+# 1: linear layers as MatMul (until 2026-11-29); 2: 1x1 Conv on NCHW activations, fused q/k/v, folded scales.
+GRAPHS_VERSION = "2"
 
 
 class ExportError(HatError):

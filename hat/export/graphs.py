@@ -1,8 +1,9 @@
 """The two static-shape graphs that are exported: the encoder and ONE incremental decoder step.
 
-Both wrap a standalone (extracted) :class:`~hat.models.transformer.SuperTransformer` and reuse its modules (weights,
-projections, layer norms, attention kernels); they only change how tensors are fed, so that every shape is fixed and
-nothing the RK3588 NPU lacks (CumSum, Range, Trilu, TopK, Neg) is needed:
+Both are built from a standalone (extracted) :class:`~hat.models.transformer.SuperTransformer`: they copy its weights
+(in the layouts below) and run its layers in its order (post-norm or pre-norm residual blocks, HAT's arbitrary
+encoder-decoder attention, the final layer norms and output projection), with every shape fixed and nothing the
+RK3588 NPU lacks (CumSum, Range, Trilu, TopK, Neg):
 
 * positions and the padding mask are inputs, computed by the host from the token ids (see ``hat.export.decode``);
   the sinusoidal table is a constant cut to the rows the static length can use;
@@ -10,17 +11,34 @@ nothing the RK3588 NPU lacks (CumSum, Range, Trilu, TopK, Neg) is needed:
   fp16 on the NPU never meets ``inf - inf``);
 * the encoder graph also projects the encoder-decoder attention keys/values of every decoder layer (fairseq computes
   them once at the first step and keeps them in its ``static_kv`` cache), so a decoder step only reads them;
-* the self-attention cache of a decoder layer is a fixed buffer of ``max_len`` slots (B, heads, max_len, head_dim):
-  the step writes its new key/value into slot ``position - padding_idx - 1`` (a one-hot row gathered from a constant
-  table, then a multiply-add: no Scatter, no Slice) and attends over the slots the ``self_mask`` input marks valid.
+* the self-attention cache of a decoder layer is a fixed buffer of ``max_len`` slots: the step writes its new
+  key/value into slot ``position - padding_idx - 1`` (a one-hot row gathered from a constant table, then a
+  multiply-add: no Scatter, no Slice) and attends over the slots the ``self_mask`` input marks valid.
+
+Layouts, chosen so that rknn-toolkit2 has little to rewrite (its build time grows with the rewrites it makes, and
+each node left is an NPU kernel launch; ``benchmarks/export_build_time.py`` measures both):
+
+* activations are NCHW with the model dimension as channels: ``(B, C, 1, S)`` in the encoder, ``(rows, C, 1, 1)``
+  in the decoder step, so that every linear layer is one 1x1 ``Conv`` with its bias (the toolkit's own form), and the
+  query/key/value projections of an attention are one ``Conv`` whose output is split;
+* layer norms are ``LayerNormalization`` over the channel axis (in the encoder between a Transpose pair, which the
+  toolkit folds into its channel norm);
+* the attention scale ``head_dim ** -0.5`` is folded into the query projection and ``sqrt(dim)`` into the embedding
+  table; attention is MatMul, Add (mask), Softmax, MatMul, the pattern the toolkit fuses into one attention kernel;
+* keys and values, cached and cross, are stored transposed, NCHW ``(rows, heads * head_dim, 1, length)``: the
+  toolkit's attention kernel reads them that way, so no Transpose runs per step; the encoder's key/value projection
+  gives them without a Reshape, and a step's new key/value (rows, heads * head_dim, 1, 1) is written into its slot
+  by broadcasting.
 
 Input/output names and shapes are listed by :func:`encoder_io` / :func:`decoder_io`; :func:`graph_meta` adds what
-the host needs to drive them (the JSON sidecar next to each ``.onnx`` is that, plus provenance). The layers
-themselves are the model's: :meth:`TransformerEncoder.run_layers` and :meth:`DecoderLayer.blocks`.
+the host needs to drive them (the JSON sidecar next to each ``.onnx`` is that, plus provenance). The host treats
+caches as opaque buffers of the listed shapes (zeros at the start, rows reordered by hypothesis, fed back);
+``tests/test_export.py`` checks both graphs against the model's own encoder and incremental decoding.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -64,15 +82,16 @@ def encoder_io(model: SuperTransformer, batch: int, src_len: int) -> Tuple[List[
     ]
     outputs = []
     for i, s in enumerate(layer_shapes(model)):
-        shape = (batch, s["cross_heads"], cross_len(model, i, src_len), s["cross_head_dim"])
-        outputs.append(_io(f"cross_k_{i}", "float32", shape, f"decoder layer {i} ende-attention keys"))
-        outputs.append(_io(f"cross_v_{i}", "float32", shape, f"decoder layer {i} ende-attention values"))
+        shape = (batch, s["cross_heads"] * s["cross_head_dim"], 1, cross_len(model, i, src_len))
+        outputs.append(_io(f"cross_k_{i}", "float32", shape, f"decoder layer {i} ende-attention keys, transposed"))
+        outputs.append(_io(f"cross_v_{i}", "float32", shape, f"decoder layer {i} ende-attention values, transposed"))
     return inputs, outputs
 
 
 def decoder_io(model: SuperTransformer, rows: int, src_len: int, max_len: int, batch: int = 1
                ) -> Tuple[List[dict], List[dict]]:
-    """Rows are hypotheses, sentence-major (row = sentence * beam + k); all rows are at the same step."""
+    """Rows are hypotheses, sentence-major (row = sentence * beam + k); all rows are at the same step. Keys and values
+    are transposed, NCHW with the heads' channels: (rows, heads * head_dim, 1, slots or source positions)."""
     inputs = [
         _io("prev_token", "int64", (rows, 1), "last token of each hypothesis (EOS at the first step)"),
         _io("position", "int64", (1, 1), "padding_idx+1+step (all rows); also selects the cache slot written"),
@@ -81,10 +100,10 @@ def decoder_io(model: SuperTransformer, rows: int, src_len: int, max_len: int, b
     ]
     outputs = [_io("logits", "float32", (rows, model.opt.tgt_vocab), "next-token logits (log_softmax on the host)")]
     for i, s in enumerate(layer_shapes(model)):
-        self_shape = (rows, s["self_heads"], max_len, s["self_head_dim"])
-        cross_shape = (rows, s["cross_heads"], cross_len(model, i, src_len), s["cross_head_dim"])
-        inputs.append(_io(f"self_k_{i}", "float32", self_shape, f"layer {i} self-attention key cache"))
-        inputs.append(_io(f"self_v_{i}", "float32", self_shape, f"layer {i} self-attention value cache"))
+        self_shape = (rows, s["self_heads"] * s["self_head_dim"], 1, max_len)
+        cross_shape = (rows, s["cross_heads"] * s["cross_head_dim"], 1, cross_len(model, i, src_len))
+        inputs.append(_io(f"self_k_{i}", "float32", self_shape, f"layer {i} self-attention key cache (transposed)"))
+        inputs.append(_io(f"self_v_{i}", "float32", self_shape, f"layer {i} self-attention value cache (transposed)"))
         inputs.append(_io(f"cross_k_{i}", "float32", cross_shape, "the encoder graph's, repeated per hypothesis"))
         inputs.append(_io(f"cross_v_{i}", "float32", cross_shape, "the encoder graph's, repeated per hypothesis"))
         outputs.append(_io(f"new_self_k_{i}", "float32", self_shape, f"layer {i} key cache with slot step written"))
@@ -123,16 +142,7 @@ def sidecar_io_only(model: SuperTransformer, s) -> Tuple[dict, dict]:
     return graph_meta(model, "enc", s), graph_meta(model, "dec", s)
 
 
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    b, t, c = x.shape
-    return x.reshape(b, t, heads, c // heads).transpose(1, 2)
-
-
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
-    b, h, t, hd = x.shape
-    return x.transpose(1, 2).reshape(b, t, h * hd)
-
-
+# ---- building blocks: weights copied from the model, in the exported layouts -----------------------------------------
 def _position_table(positions_module, dim: int, length: int) -> torch.Tensor:
     """The sinusoidal table cut to the rows a sequence of ``length`` can use (pad row + positions pad+1..pad+length):
     the same values, without shipping max-positions rows in every graph."""
@@ -140,25 +150,193 @@ def _position_table(positions_module, dim: int, length: int) -> torch.Tensor:
     return positions_module.table(dim, torch.device("cpu"), torch.get_default_dtype())[:rows].clone()
 
 
+def _scaled_table(stack, dim: int) -> torch.Tensor:
+    """The stack's token embedding at ``dim`` columns with fairseq's ``sqrt(dim)`` scale folded in (the same products
+    the model computes after its lookup)."""
+    table = stack.embed_tokens.sliced_weight(dim).detach()
+    if stack.opt.no_scale_embedding:
+        return table.clone()
+    return math.sqrt(dim) * table
+
+
+def _param(t: Optional[torch.Tensor]) -> Optional[nn.Parameter]:
+    """A weight of an exported graph: a parameter (exported as a named initializer), never trained."""
+    return None if t is None else nn.Parameter(t, requires_grad=False)
+
+
+class _Conv1x1(nn.Module):
+    """Linear layers as ONE 1x1 convolution over the channel axis of (N, C, H, W): their weights stacked along the
+    outputs in the given order (a Split after it gives each layer's output)."""
+
+    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]]):
+        super().__init__()
+        w = torch.cat([t.detach() for t in weights], 0)
+        self.register_parameter("weight", _param(w[:, :, None, None].clone()))
+        bias = None
+        if any(b is not None for b in biases):
+            bias = torch.cat([b.detach() if b is not None else torch.zeros(t.shape[0], dtype=t.dtype)
+                              for t, b in zip(weights, biases)])
+        self.register_parameter("bias", _param(bias))
+
+    @classmethod
+    def of(cls, *linears, scales: Optional[Sequence[float]] = None) -> "_Conv1x1":
+        """From ``ElasticLinear`` layers (their sampled slices); ``scales`` multiply each layer's weight and bias."""
+        weights, biases = [], []
+        for lin, scale in zip(linears, scales or [1.0] * len(linears)):
+            w, b = lin.sliced_weight().detach(), lin.sliced_bias()
+            b = None if b is None else b.detach()
+            if scale != 1.0:
+                w, b = w * scale, (None if b is None else b * scale)
+            weights.append(w)
+            biases.append(b)
+        return cls(weights, biases)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias)
+
+
+class _ChannelNorm(nn.Module):
+    """A model's LayerNorm over the channel axis of (N, C, 1, W): one node over (C, 1, 1) when W is 1 (``step``: the
+    decoder step), else between a Transpose pair (the encoder)."""
+
+    def __init__(self, norm, dim: int, step: bool):
+        super().__init__()
+        self.eps, self.step = norm.eps, step
+        self.shape = (dim, 1, 1) if step else (dim,)
+        self.register_parameter("weight", _param(norm.weight[:dim].detach().reshape(self.shape).clone()))
+        self.register_parameter("bias", _param(norm.bias[:dim].detach().reshape(self.shape).clone()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.step:
+            return F.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
+        y = F.layer_norm(x.permute(0, 3, 2, 1), self.shape, self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 2, 1)
+
+
+def _residual(x: torch.Tensor, norm: nn.Module, fn, pre: bool) -> torch.Tensor:
+    """One residual block as the model's layers run it: pre-norm ``x + fn(norm(x))``, post-norm ``norm(x + fn(x))``."""
+    x = x + fn(norm(x) if pre else x)
+    return x if pre else norm(x)
+
+
+def _attention(q: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T + mask) v`` with the scale already in ``q`` (N, M, T, hd) and keys/values transposed
+    (N, M, hd, L): MatMul, Add, Softmax, MatMul (and the Transpose of the values, which rknn-toolkit2 folds into its
+    attention kernel). Returns (N, M, T, hd)."""
+    p = torch.softmax(torch.matmul(q, k_t) + mask, dim=-1)
+    return torch.matmul(p, v_t.transpose(2, 3))
+
+
+def _query_scale(attn) -> float:
+    return float(attn.qkv_dim // attn.heads) ** -0.5
+
+
+class _EncoderLayer(nn.Module):
+    def __init__(self, layer, dim: int, src_len: int):
+        super().__init__()
+        attn = layer.self_attn
+        self.heads, self.head_dim, self.src_len = attn.heads, attn.qkv_dim // attn.heads, src_len
+        self.qkv = _Conv1x1.of(attn.q_proj, attn.k_proj, attn.v_proj, scales=(_query_scale(attn), 1.0, 1.0))
+        self.out = _Conv1x1.of(attn.out_proj)
+        self.fc1, self.fc2 = _Conv1x1.of(layer.fc1), _Conv1x1.of(layer.fc2)
+        self.norm1 = _ChannelNorm(layer.self_attn_layer_norm, dim, step=False)
+        self.norm2 = _ChannelNorm(layer.final_layer_norm, dim, step=False)
+        self.pre = layer.normalize_before
+
+    def _attend(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        s = self.src_len
+        q_t, k_t, v_t = self.qkv(h).reshape(-1, 3 * self.heads, self.head_dim, s).split(self.heads, dim=1)
+        o = _attention(q_t.transpose(2, 3), k_t, v_t, mask)  # (B, H, S, hd)
+        return self.out(o.transpose(2, 3).reshape(-1, self.heads * self.head_dim, 1, s))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = _residual(x, self.norm1, lambda h: self._attend(h, mask), self.pre)
+        return _residual(x, self.norm2, lambda h: self.fc2(F.relu(self.fc1(h))), self.pre)
+
+
 class EncoderGraph(nn.Module):
     """(src_tokens, src_positions, src_mask) -> cross_k_0, cross_v_0, cross_k_1, ... (see :func:`encoder_io`)."""
 
     def __init__(self, model: SuperTransformer, src_len: int):
         super().__init__()
-        self.model = model
-        enc = model.encoder
-        self.register_buffer("positions", _position_table(enc.embed_positions, enc.sample_dim, src_len),
-                             persistent=False)
+        enc, dec = model.encoder, model.decoder
+        self.dim = d = enc.sample_dim
+        self.src_len = src_len
+        self.keep_states = enc.keep_states
+        self.register_parameter("embed", _param(_scaled_table(enc, d)))
+        self.register_parameter("positions", _param(_position_table(enc.embed_positions, d, src_len)))
+        self.layers = nn.ModuleList(_EncoderLayer(enc.layers[i], d, src_len) for i in range(enc.sample_layers))
+        self.final_norm = _ChannelNorm(enc.layer_norm, d, step=False) if enc.layer_norm is not None else None
+        cross = [dec.layers[i].encoder_attn for i in range(dec.sample_layers)]
+        self.cross_kv = nn.ModuleList(_Conv1x1.of(a.k_proj, a.v_proj) for a in cross)
+        self.cross_widths = [a.qkv_dim for a in cross]
+        self.ende = [dec.ende_layers(i) for i in range(dec.sample_layers)]
 
     def forward(self, src_tokens: torch.Tensor, src_positions: torch.Tensor, src_mask: torch.Tensor):
-        enc, dec = self.model.encoder, self.model.decoder
-        x = enc.scaled_embedding(src_tokens) + F.embedding(src_positions, self.positions)
-        states = enc.run_layers(x, src_mask[:, None, None, :])
+        x = F.embedding(src_tokens, self.embed) + F.embedding(src_positions, self.positions)  # (B, S, C)
+        x = x.transpose(1, 2).reshape(-1, self.dim, 1, self.src_len)
+        mask = src_mask.reshape(-1, 1, 1, self.src_len)
+        states: List[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask)
+            if i >= len(self.layers) - self.keep_states:
+                states.append(x)
+        if self.final_norm is not None:
+            states = [self.final_norm(t) for t in states]
+        feeds: Dict[int, torch.Tensor] = {}  # HAT's arbitrary ende attention: the last k states along time
         outputs = []
-        for i in range(dec.sample_layers):
-            key, value = dec.layers[i].encoder_attn.project_kv(dec.encoder_feed(states, i))
-            outputs += [key, value]
+        for proj, width, k in zip(self.cross_kv, self.cross_widths, self.ende):
+            if k not in feeds:
+                feeds[k] = states[-1] if k == 1 else torch.cat([states[-1 - j] for j in range(k)], dim=3)
+            outputs += list(proj(feeds[k]).split(width, dim=1))  # (B, qkv, 1, S') each
         return tuple(outputs)
+
+
+def _fold(t: torch.Tensor, batch: int, head_dim: int) -> torch.Tensor:
+    """Keys/values (rows, H * head_dim, 1, L) -> (batch, beam * H, head_dim, L): a sentence's hypotheses folded into
+    the head axis."""
+    return t.reshape(batch, -1, head_dim, t.shape[3])
+
+
+class _DecoderLayer(nn.Module):
+    def __init__(self, layer, dim: int, ende: int):
+        super().__init__()
+        sa, ca = layer.self_attn, layer.encoder_attn
+        self.heads, self.head_dim = sa.heads, sa.qkv_dim // sa.heads
+        self.cross_head_dim, self.cross_width = ca.qkv_dim // ca.heads, ca.qkv_dim
+        self.qkv = _Conv1x1.of(sa.q_proj, sa.k_proj, sa.v_proj, scales=(_query_scale(sa), 1.0, 1.0))
+        self.self_out = _Conv1x1.of(sa.out_proj)
+        self.cross_q = _Conv1x1.of(ca.q_proj, scales=(_query_scale(ca),))
+        self.cross_out = _Conv1x1.of(ca.out_proj)
+        self.fc1, self.fc2 = _Conv1x1.of(layer.fc1), _Conv1x1.of(layer.fc2)
+        self.norm1 = _ChannelNorm(layer.self_attn_layer_norm, dim, step=True)
+        self.norm2 = _ChannelNorm(layer.encoder_attn_layer_norm, dim, step=True)
+        self.norm3 = _ChannelNorm(layer.final_layer_norm, dim, step=True)
+        self.pre = layer.normalize_before
+        self.ende = ende
+
+    def forward(self, x, k_cache, v_cache, cross_k, cross_v, write, keep, self_mask, cross_mask, batch: int):
+        caches: List[torch.Tensor] = []
+
+        def self_attn(h):
+            q, k, v = self.qkv(h).split(self.heads * self.head_dim, dim=1)  # (rows, H*hd, 1, 1) each
+            caches.append(k_cache * keep + k * write)  # slot ``step`` written, the others kept
+            caches.append(v_cache * keep + v * write)
+            hd = self.head_dim
+            o = _attention(q.reshape(batch, -1, 1, hd), _fold(caches[0], batch, hd), _fold(caches[1], batch, hd),
+                           self_mask)
+            return self.self_out(o.reshape(-1, self.heads * hd, 1, 1))
+
+        def cross_attn(h):
+            q = self.cross_q(h).reshape(batch, -1, 1, self.cross_head_dim)
+            hd = self.cross_head_dim
+            o = _attention(q, _fold(cross_k, batch, hd), _fold(cross_v, batch, hd), cross_mask)
+            return self.cross_out(o.reshape(-1, self.cross_width, 1, 1))
+
+        x = _residual(x, self.norm1, self_attn, self.pre)
+        x = _residual(x, self.norm2, cross_attn, self.pre)
+        x = _residual(x, self.norm3, lambda h: self.fc2(F.relu(self.fc1(h))), self.pre)
+        return x, caches[0], caches[1]
 
 
 class DecoderStepGraph(nn.Module):
@@ -170,64 +348,41 @@ class DecoderStepGraph(nn.Module):
 
     def __init__(self, model: SuperTransformer, max_len: int, batch: int = 1):
         super().__init__()
-        self.model = model
-        self.max_len = max_len
-        self.batch = batch
-        pad = model.opt.padding_idx
         dec = model.decoder
-        self.register_buffer("positions", _position_table(dec.embed_positions, dec.sample_dim, max_len),
-                             persistent=False)
+        self.dim = d = dec.sample_dim
+        self.max_len, self.batch = max_len, batch
+        pad = model.opt.padding_idx
+        self.register_parameter("embed", _param(_scaled_table(dec, d)))
+        self.register_parameter("positions", _param(_position_table(dec.embed_positions, d, max_len)))
         write = torch.zeros(pad + 1 + max_len, max_len)
         for slot in range(max_len):
             write[pad + 1 + slot, slot] = 1.0
-        self.register_buffer("write_table", write, persistent=False)  # position -> one-hot cache slot
-
-    def _attend(self, q, k, v, mask):
-        """q (rows, H, 1, hd), k/v (rows, H, L, hd) -> (rows, 1, H * hd), computed per sentence."""
-        rows, heads, _, hd = q.shape
-        b = self.batch
-        out = F.scaled_dot_product_attention(
-            q.reshape(b, -1, 1, hd), k.reshape(b, -1, k.shape[2], hd), v.reshape(b, -1, v.shape[2], hd),
-            attn_mask=mask,
-        )
-        return _merge_heads(out.reshape(rows, heads, 1, hd))
-
-    def _self_attn(self, layer, h, k_cache, v_cache, write, self_mask):
-        attn = layer.self_attn
-        q = _split_heads(attn.q_proj(h), attn.heads)
-        k_new, v_new = attn.project_kv(h)  # (rows, H, 1, hd)
-        keep = 1.0 - write
-        k_all = k_cache * keep + k_new * write
-        v_all = v_cache * keep + v_new * write
-        return attn.out_proj(self._attend(q, k_all, v_all, self_mask)), k_all, v_all
-
-    def _cross_attn(self, layer, h, k, v, mask):
-        attn = layer.encoder_attn
-        q = _split_heads(attn.q_proj(h), attn.heads)
-        return attn.out_proj(self._attend(q, k, v, mask))
+        self.register_parameter("write_table", _param(write))  # position -> one-hot cache slot
+        self.layers = nn.ModuleList(_DecoderLayer(dec.layers[i], d, dec.ende_layers(i))
+                                    for i in range(dec.sample_layers))
+        self.final_norm = _ChannelNorm(dec.layer_norm, d, step=True) if dec.layer_norm is not None else None
+        if dec.output_projection is None:  # shared embeddings: the (unscaled) table is the output projection
+            self.head = _Conv1x1([dec.embed_tokens.sliced_weight(d)], [None])
+        else:
+            self.head = _Conv1x1.of(dec.output_projection)
+        self.vocab = self.head.weight.shape[0]
 
     def forward(self, prev_token, position, self_mask, src_mask, *caches):
-        dec = self.model.decoder
-        x = dec.scaled_embedding(prev_token) + F.embedding(position, self.positions)  # (rows,1,d)+(1,1,d)
-        rows = prev_token.shape[0]
-        write = F.embedding(position, self.write_table).reshape(1, 1, self.max_len, 1)
-        smask = self_mask.reshape(1, 1, 1, self.max_len)
-        base = src_mask.reshape(self.batch, 1, 1, src_mask.shape[1])
+        b, slots = self.batch, self.max_len
+        x = F.embedding(prev_token, self.embed) + F.embedding(position, self.positions)  # (rows,1,d)+(1,1,d)
+        x = x.reshape(-1, self.dim, 1, 1)
+        write = F.embedding(position, self.write_table).reshape(1, 1, 1, slots)  # one-hot at the slot written
+        keep = 1.0 - write
+        smask = self_mask.reshape(1, 1, 1, slots)
+        base = src_mask.reshape(b, 1, 1, -1)
         cross_masks: Dict[int, torch.Tensor] = {}
         new_caches = []
-        for i in range(dec.sample_layers):
-            layer = dec.layers[i]
+        for i, layer in enumerate(self.layers):
             k_cache, v_cache, ck, cv = caches[4 * i : 4 * i + 4]
-            k = dec.ende_layers(i)
-            if k not in cross_masks:
-                cross_masks[k] = base if k == 1 else torch.cat([base] * k, dim=3)
-            saved = {}
-
-            def self_fn(h):
-                out, saved["k"], saved["v"] = self._self_attn(layer, h, k_cache, v_cache, write, smask)
-                return out
-
-            x = layer.blocks(x, self_fn, lambda h: self._cross_attn(layer, h, ck, cv, cross_masks[k]))
-            new_caches += [saved["k"], saved["v"]]
-        logits = dec.head(x).reshape(rows, -1)
-        return (logits, *new_caches)
+            if layer.ende not in cross_masks:
+                cross_masks[layer.ende] = base if layer.ende == 1 else torch.cat([base] * layer.ende, dim=3)
+            x, k_all, v_all = layer(x, k_cache, v_cache, ck, cv, write, keep, smask, cross_masks[layer.ende], b)
+            new_caches += [k_all, v_all]
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return (self.head(x).reshape(-1, self.vocab), *new_caches)

@@ -108,17 +108,36 @@ def check_static(model, source: str = "graph") -> None:
                 raise ExportError(f"{source}: {kind} '{vi.name}' has a dynamic shape {dims}")
 
 
-def check_graph(path: str, source: str) -> Dict[str, int]:
-    """Op scan, static shapes, onnx.checker (full). Returns the op histogram."""
+def shapes_only(model):
+    """A copy of ``model`` whose float weights are graph inputs of the same type and shape: all that shape inference
+    reads of them, in kilobytes instead of the weights' megabytes (onnx passes a model to its C++ side serialized)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    g = light.graph
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+    weights = [t for t in g.initializer if t.data_type in floats and len(t.dims) > 0]
+    keep = [t for t in g.initializer if not (t.data_type in floats and len(t.dims) > 0)]
+    g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in weights)
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return light
+
+
+def check_graph(path: str, source: str, model=None) -> Dict[str, int]:
+    """Op scan, onnx.checker (full: with strict shape inference), static shapes. ``model``: the graph at ``path``,
+    already loaded. Returns the op histogram."""
     import onnx
 
-    model = onnx.load(path)
+    model = onnx.load(path) if model is None else model
     ops = scan_ops(model, source)
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(path, full_check=True)  # read by onnx's C++ side from the file
     except onnx.checker.ValidationError as e:
         raise ExportError(f"{source}: onnx.checker failed: {str(e).splitlines()[0]}") from None
-    check_static(model, source)
+    check_static(shapes_only(model), source)
     return ops
 
 
@@ -226,6 +245,36 @@ def sample_inputs(model, part: str, s: ExportSettings, seed: int = 0):
     return feeds
 
 
+def tidy(model):
+    """``model`` (an onnx ModelProto, changed in place and returned) without the nodes torch's exporter leaves that
+    compute nothing: ``Constant`` nodes become initializers, and ``Identity`` nodes (torch's de-duplicated weights)
+    are bypassed, their consumers reading the identity's input. Graph inputs and outputs are kept as they are.
+    rknn-toolkit2 folds these too, but pays for each (its build time grows with the graph it is given)."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    subgraphs = any(a.type in (a.GRAPH, a.GRAPHS) for n in g.node for a in n.attribute)
+    rename: Dict[str, str] = {}
+    keep = []
+    for node in g.node:
+        if node.output and node.output[0] in outputs:
+            keep.append(node)
+        elif node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = node.attribute[0].t
+            tensor.name = node.output[0]
+            g.initializer.append(tensor)
+        elif node.op_type == "Identity" and not subgraphs:
+            rename[node.output[0]] = rename.get(node.input[0], node.input[0])
+        else:
+            keep.append(node)
+    for node in keep:
+        for j, name in enumerate(node.input):
+            if name in rename:
+                node.input[j] = rename[name]
+    del g.node[:]
+    g.node.extend(keep)
+    return model
+
+
 def _simplify(path: str, log) -> Optional[str]:
     """onnxslim or onnxsim if installed (never required). Returns the tool's name or None."""
     import onnx
@@ -270,6 +319,7 @@ def torch_outputs(module, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
 def _export_to(model, part: str, tmp: str, source: str, s: ExportSettings, log=print):
     """Trace one graph to the file ``tmp``, check it and compare onnxruntime with torch.
     Returns (op histogram, parity max abs diff, simplifier used)."""
+    import onnx
     import torch
 
     module, (ins, outs) = _graph_module(model, part, s)
@@ -285,8 +335,10 @@ def _export_to(model, part: str, tmp: str, source: str, s: ExportSettings, log=p
         except Exception as e:  # an op without an ONNX symbolic at this opset, mostly
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ExportError(f"{source}: torch.onnx.export failed: {msg}") from None
+    graph = tidy(onnx.load(tmp))
+    onnx.save(graph, tmp)
     simplified = _simplify(tmp, log) if s.simplify == "auto" else None
-    ops = check_graph(tmp, source)
+    ops = check_graph(tmp, source, None if simplified else graph)
     got = ort_session(tmp).run(None, feeds)
     want = torch_outputs(module, feeds)
     diff = max(float(np.abs(a - b).max()) for a, b in zip(got, want))

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+from dataclasses import replace
 from typing import Callable, Dict, Iterable, List, Optional
 
 from hat.errors import ConfigError, HatError
@@ -140,7 +141,8 @@ def _model_files_present(bundle: str, entry: dict) -> bool:
 
 
 def bundle_model(cfg: SubConfig, opt, protocol: Protocol, bundle: str, platform: str, keep: bool = False) -> dict:
-    """Export + build one SubTransformer into ``bundle``; returns its manifest entry."""
+    """Export + build one SubTransformer into ``bundle`` (its work files in ``bundle/.build/<key>``, removed unless
+    ``keep``); returns its manifest entry."""
     build = os.path.join(bundle, ".build", cfg.key())
     model = random_model(cfg, opt)
     name = export_onnx(cfg, opt, protocol, build, model)
@@ -153,18 +155,92 @@ def bundle_model(cfg: SubConfig, opt, protocol: Protocol, bundle: str, platform:
                         source_sentence(model, protocol), built)
     if not keep:
         shutil.rmtree(build, ignore_errors=True)
-        try:
-            os.rmdir(os.path.join(bundle, ".build"))
-        except OSError:
-            pass
     return entry
+
+
+def _worker_init() -> None:
+    """A build process: one torch thread (the processes share the cores; torch resets its thread pools in a forked
+    child), the toolkit's import warnings silenced (a spawned process imports it again)."""
+    import warnings
+
+    import torch
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+
+
+class _Sized:
+    """An iterator with a length (for the progress bar)."""
+
+    def __init__(self, it, n: int):
+        self.it, self.n = it, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(self.it)
+
+
+def build_entries(todo: List[SubConfig], opt, protocol: Protocol, bundle: str, platform: str, keep: bool = False,
+                  workers: int = 1):
+    """An iterator of ``(index in todo, manifest entry)`` as each SubTransformer of ``todo`` is exported and built: in
+    this process one after the other (``workers`` 1), else in a pool of ``workers`` processes (one torch thread
+    each), in the order they finish. The pool's processes are forked when this is called (before a progress bar or
+    anything else starts a thread here), so that torch and the toolkit are not imported again in each. When a build
+    fails, nothing more is started; the builds under way finish and are yielded, then the first error is raised."""
+    if workers <= 1 or len(todo) <= 1:
+        return _serial_entries(todo, opt, protocol, bundle, platform, keep)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context, initializer=_worker_init)
+    futures = {pool.submit(bundle_model, cfg, opt, protocol, bundle, platform, keep): i for i, cfg in enumerate(todo)}
+    return _pooled_entries(pool, futures)
+
+
+def _serial_entries(todo, opt, protocol, bundle, platform, keep):
+    from hat.export.onnx import torch_threads
+
+    with torch_threads(1):
+        for i, cfg in enumerate(todo):
+            yield i, bundle_model(cfg, opt, protocol, bundle, platform, keep)
+
+
+def _pooled_entries(pool, futures):
+    from concurrent.futures import as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    error: Optional[BaseException] = None
+    try:
+        for fut in as_completed(futures):
+            if fut.cancelled():
+                continue
+            exc = fut.exception()
+            if exc is None:
+                yield futures[fut], fut.result()
+            elif error is None:
+                error = exc
+                for other in futures:
+                    other.cancel()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if isinstance(error, BrokenProcessPool):
+        raise HatError("a bundle build process died (killed, or out of memory?); the SubTransformers it finished "
+                       "are in the manifest: run again to build the rest") from None
+    if error is not None:
+        raise error
 
 
 def make_bundle(args, opt, protocol: Protocol, configs: List[SubConfig], log=print, progress=None,
                 argv: Optional[List[str]] = None) -> str:
     """Build (or extend) the board bundle for ``configs``; resumable: SubTransformers already in the manifest (with
-    their files) are skipped, the manifest is rewritten atomically after each one. ``argv`` (this run's flags) makes
-    the printed collect command complete."""
+    their files) are skipped, the manifest is rewritten atomically after each one. ``lat-workers`` N builds N
+    SubTransformers at a time, one process each (:func:`build_entries`; the manifest is the same as one process
+    makes, and the protocol it records keeps ``workers`` 1: the board measures one model at a time). ``argv`` (this
+    run's flags) makes the printed collect command complete."""
     from hat.export.rknn import PLATFORMS, toolkit_version
     from hat.latency import board
 
@@ -177,7 +253,8 @@ def make_bundle(args, opt, protocol: Protocol, configs: List[SubConfig], log=pri
     bundle = bundle_dir(args)
     os.makedirs(bundle, exist_ok=True)
     manifest_path = os.path.join(bundle, "manifest.json")
-    proto = bundle_protocol(protocol, platform).to_dict()
+    workers = max(1, int(getattr(args, "lat_workers", 1) or 1))  # processes building, not measuring
+    proto = bundle_protocol(replace(protocol, workers=1), platform).to_dict()  # the board measures one at a time
     vocab = {"src_vocab": opt.src_vocab, "tgt_vocab": opt.tgt_vocab}
     manifest = read_manifest(bundle)
     if manifest is None:
@@ -196,14 +273,26 @@ def make_bundle(args, opt, protocol: Protocol, configs: List[SubConfig], log=pri
     manifest["models"] = [m for m in manifest.get("models", []) if _model_files_present(bundle, m)]
     have = {m["key"] for m in manifest["models"]}
     todo = [c for c in configs if c.key() not in have]
+    procs = f", {min(workers, len(todo))} build processes" if workers > 1 and len(todo) > 1 else ""
     log(f"| npu bundle {bundle}: {len(have)} SubTransformers already built; building {len(todo)} "
         f"({platform} {PRECISION}, {manifest['toolkit']}; src {protocol.src_len}, tgt {protocol.tgt_len}, "
-        f"beam {protocol.beam})")
+        f"beam {protocol.beam}{procs})")
     write_json(manifest_path, manifest)
     keep = bool(getattr(args, "lat_keep_models", False))
-    for cfg in (progress(todo) if progress else todo):
-        manifest["models"].append(bundle_model(cfg, opt, protocol, bundle, platform, keep))
-        write_json(manifest_path, manifest)
+    before, done = list(manifest["models"]), {}
+    entries = build_entries(todo, opt, protocol, bundle, platform, keep, workers)
+    try:
+        for i, entry in (progress(_Sized(entries, len(todo))) if progress else entries):
+            done[i] = entry  # the manifest lists them in the order of ``configs``, however they finish
+            manifest["models"] = before + [done[j] for j in sorted(done)]
+            write_json(manifest_path, manifest)
+    finally:
+        entries.close()
+        if not keep:
+            try:
+                os.rmdir(os.path.join(bundle, ".build"))
+            except OSError:
+                pass
     with atomic_output(os.path.join(bundle, "board.py")) as tmp:  # the runner travels with the bundle
         shutil.copyfile(board.__file__, tmp)
     log(board_instructions(bundle, manifest, args, argv))
@@ -266,7 +355,7 @@ def collect(results_path: str, writer, known: Dict[str, SubConfig], protocol: Pr
     dataset. A dataset holding rows of another protocol is refused (one line)."""
     if not os.path.isfile(results_path):
         raise HatError(f"--collect: {results_path} not found (copy results.jsonl back from the board first)")
-    want = protocol.at("npu", "", machine="")
+    want = replace(protocol, workers=1).at("npu", "", machine="")  # lat-workers built the bundle, measured nothing
     writer.check_protocol(want)  # the dataset's rows were measured the same way, or it is refused in one line
     counts = {"added": 0, "errors": 0, "already": 0, "unknown": 0, "bad": 0}
     with open(results_path) as f:

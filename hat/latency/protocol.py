@@ -33,7 +33,10 @@ ESTIMATORS = ("trimmed-mean", "median", "p25", "p10", "min", "call-min", "call-p
 LATENCY_COLUMNS = ["latency_mean_encoder", "latency_mean_decoder", "latency_std_encoder", "latency_std_decoder"]
 # what makes two measurements comparable (the where -- backend version, machine -- is recorded beside)
 MEASURING = ("backend", "src_len", "tgt_len", "beam", "batch", "warmup", "repeats", "estimator", "trim", "threads",
-             "pin", "workers")
+             "pin", "workers", "graphs")
+# backends that time the exported graphs (hat.export.GRAPHS_VERSION); rows recorded before the field existed were
+# measured on version 1
+GRAPH_BACKENDS = ("onnxruntime", "npu", "npu-adb")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Protocol:
     backend: str = ""
     backend_version: str = ""
     machine: str = ""
+    graphs: str = ""  # hat.export.GRAPHS_VERSION for a backend of GRAPH_BACKENDS, else ""
 
     def __post_init__(self):
         for name in ("src_len", "tgt_len", "beam", "batch", "repeats"):
@@ -78,6 +82,8 @@ class Protocol:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"{source}: unknown protocol field(s) {', '.join(unknown)}")
+        if "graphs" not in d and d.get("backend") in GRAPH_BACKENDS:
+            d = dict(d, graphs="1")  # recorded before the protocol named the graphs' version
         try:
             return cls(**d)
         except (TypeError, ValueError) as e:
@@ -103,9 +109,13 @@ class Protocol:
         return "; ".join(diff) or None
 
     def at(self, backend: str, backend_version: str, machine: Optional[str] = None) -> "Protocol":
-        """This protocol as applied by ``backend`` on ``machine`` (default: this machine)."""
+        """This protocol as applied by ``backend`` on ``machine`` (default: this machine), with the version of the
+        exported graphs it times (backends of :data:`GRAPH_BACKENDS`)."""
+        from hat.export import GRAPHS_VERSION
+
         return replace(self, backend=backend, backend_version=backend_version,
-                       machine=this_machine() if machine is None else machine)
+                       machine=this_machine() if machine is None else machine,
+                       graphs=GRAPHS_VERSION if backend in GRAPH_BACKENDS else "")
 
     def describe(self) -> str:
         thr = "default threads" if self.threads is None else f"{self.threads} thread{'s' if self.threads != 1 else ''}"
@@ -114,7 +124,8 @@ class Protocol:
                 f"+ {self.repeats} timed runs, {self.estimator}"
                 + (f" (trim {self.trim:.0%})" if self.estimator == "trimmed-mean" else "")
                 + f", {thr}" + (", pinned to one core" if self.pin else "")
-                + (f", {self.workers} parallel workers" if self.workers != 1 else ""))
+                + (f", {self.workers} parallel workers" if self.workers != 1 else "")
+                + (f", export graphs v{self.graphs}" if self.graphs else ""))
 
 
 def this_machine() -> str:

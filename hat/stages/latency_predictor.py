@@ -186,6 +186,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if not args.lat_dataset_path:
         raise ConfigError("lat-dataset-path is required (the latency CSV to train on)")
+    if not os.path.isfile(args.lat_dataset_path):
+        how = (f"python latency_dataset.py --configs={args.space_configs} writes it" if args.space_configs else
+               "python latency_dataset.py --configs=configs/<task>/latency_dataset/<hardware>.yml writes it")
+        raise ConfigError(f"latency dataset not found: {args.lat_dataset_path} ({how})")
     torch.set_num_threads(max(1, args.threads))
     space = space_of(args)
     params = train_params(args)
