@@ -195,7 +195,9 @@ def add_latency_args(parser) -> None:
     add("--lat-workers", type=int_at_least(1), default=1,
         help="latency_dataset.py: measuring processes, each pinned to its own core (needs lat-pin); recorded in "
              "the protocol: parallel workers slow each other (on the H200 host, 14 workers measured a median 10 %% "
-             "slower than one process), so their rows are not comparable with a serial measurement")
+             "slower than one process), so their rows are not comparable with a serial measurement; with "
+             "latency-backend npu: processes building the board bundle (not recorded: the board measures one model "
+             "at a time)")
     add("--lat-vocab-size", type=int_at_least(1), default=None,
         help="vocabulary size when the data dir has no dictionary")
     add("--lat-dataset-path", default="latency_dataset/lat.csv", help="CSV to write (appended row by row)")
