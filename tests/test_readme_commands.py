@@ -21,6 +21,7 @@ import hashlib
 import http.server
 import importlib
 import io
+import logging
 import os
 import re
 import shlex
@@ -182,6 +183,11 @@ def run(cmd):
     out, err = io.StringIO(), io.StringIO()
     code = None
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        # rknn-toolkit2's logger keeps the stderr it first saw; in a long pytest run that is an earlier test's
+        # capture, closed by now, and logging would print its own "--- Logging error ---" traceback
+        for h in logging.getLogger("rknnLogger").handlers:
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                h.setStream(sys.stderr)
         try:
             cli_run(lambda: stage.main(tokens[2:]))
         except SystemExit as e:
