@@ -32,7 +32,6 @@ the table, not invented.
 """
 from __future__ import annotations
 
-import csv
 import glob
 import os
 import re
@@ -278,26 +277,14 @@ class MeasuredLatency:
     CSV's row with ``cfg``'s architecture (the median if it has several), or (None, why)."""
 
     def __init__(self, path: str):
-        from hat.latency.dataset import read_table
-        from hat.latency.protocol import Protocol
+        from hat.latency.dataset import one_protocol, read_table
 
         self.path = path
-        try:
-            data = read_table(path)  # ConfigError: one line
-        except (UnicodeDecodeError, csv.Error) as e:
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ConfigError(f"{path} is not a latency CSV ({why})") from None
+        data = read_table(path)  # ConfigError: one line
         if data.layout != "ours":
             raise ConfigError(f"{path} is one of HAT's latency CSVs (features only, no config column): its rows cannot "
                               f"be matched to architectures; give a CSV written by latency_dataset.py")
-        if len(data.sources) > 1:
-            raise ConfigError(f"{path} mixes latencies from {', '.join(data.sources)}: one source per column")
-        if len(data.protocols) > 1:
-            a, b = (Protocol.from_json(p) for p in data.protocols[:2])
-            why = a.mismatch(b) or f"machine {a.machine!r} vs {b.machine!r}"
-            raise ConfigError(f"{path} mixes {len(data.protocols)} measuring protocols ({why}): one protocol per "
-                              f"column")
-        self.protocol = Protocol.from_json(data.protocols[0], source=path) if data.protocols else None
+        self.protocol = one_protocol(data, "one protocol per column")
         self.label = data.source
         self.rows = len(data)
         self.by_key: Dict[str, List[float]] = defaultdict(list)

@@ -167,15 +167,9 @@ def read_dataset(path: str, space: Optional[SearchSpace] = None, feature_dim: Op
             r, c = bad[0]
             raise ConfigError(f"{path} line {data.lines[r]}: {names[c]}={x[r, c]:g} is outside the search space of "
                               f"{space.source} ({lo[c]:g}..{hi[c]:g})")
-    if len(data.sources) > 1:
-        raise ConfigError(f"{path} mixes latencies from {', '.join(data.sources)}: one predictor per source")
-    if len(data.protocols) > 1:
-        from hat.latency.protocol import Protocol
+    from hat.latency.dataset import one_protocol
 
-        a, b = (Protocol.from_json(p) for p in data.protocols[:2])
-        why = a.mismatch(b) or f"machine {a.machine!r} vs {b.machine!r}"
-        raise ConfigError(f"{path} mixes {len(data.protocols)} measuring protocols ({why}): one predictor per "
-                          f"protocol")
+    one_protocol(data, "one predictor per protocol")
     return dataclasses.replace(data, features=x, feature_names=tuple(names))
 
 

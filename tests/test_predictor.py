@@ -231,3 +231,13 @@ def test_hat_raspberry_pi_dataset_beats_hats_mlp():
     assert pred.meta["feature_scale"] == [640, 6, 3072, 8, 640, 6, 3072, 8, 8, 3]
     # configs work too, with HAT's convention for arbitrary en-de attention (the 10 features of the CSV)
     assert 3000 < pred.predict(space.smallest()) < pred.predict(space.largest()) < 13000
+
+
+def test_a_binary_file_given_as_latency_csv_is_one_line(tmp_path):
+    from hat.errors import ConfigError
+    from hat.predictor import read_dataset
+
+    bad = tmp_path / "lat.csv"
+    bad.write_bytes(b"config,latency\n\xff\xfe\x00\x81 not text\n")
+    with pytest.raises(ConfigError, match="is not a latency CSV"):
+        read_dataset(str(bad))

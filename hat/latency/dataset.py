@@ -314,13 +314,17 @@ def read_table(path: str, space: Optional[SearchSpace] = None, size: Optional[in
     ``source`` (or ``backend``) values, all of them in ``sources``."""
     if not path or not os.path.isfile(path):
         raise ConfigError(f"latency dataset not found: {path}")
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if not header:
-            raise ConfigError(f"{path} is empty")
-        header = [h.strip() for h in header]
-        rows = list(reader)
+    try:
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header:
+                raise ConfigError(f"{path} is empty")
+            header = [h.strip() for h in header]
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{path} is not a latency CSV ({why})") from None
     missing = [c for c in TARGET_COLUMNS if c not in header]
     if "config" in header:
         layout = "ours"
@@ -378,6 +382,18 @@ def read_table(path: str, space: Optional[SearchSpace] = None, size: Optional[in
         source = "measured:hat:" + os.path.splitext(os.path.basename(path))[0]
     return LatencyData(x, np.array(lats), names, source, layout, path, configs or None, distinct, tuple(lines),
                        tuple(sorted(protocols)))
+
+
+def one_protocol(data: LatencyData, what: str) -> Optional[Protocol]:
+    """The one protocol (None for rows without one) of a dataset that is used as one set of numbers; mixed sources or
+    protocols are refused in one line naming how they differ (``what``: e.g. "one predictor per protocol")."""
+    if len(data.sources) > 1:
+        raise ConfigError(f"{data.path} mixes latencies from {', '.join(data.sources)}: {what.replace('protocol', 'source')}")
+    if len(data.protocols) > 1:
+        a, b = (Protocol.from_json(p) for p in data.protocols[:2])
+        why = a.mismatch(b) or f"machine {a.machine!r} vs {b.machine!r}"
+        raise ConfigError(f"{data.path} mixes {len(data.protocols)} measuring protocols ({why}): {what}")
+    return Protocol.from_json(data.protocols[0], source=data.path) if data.protocols else None
 
 
 def _canonical(text: str, path: str, line: int) -> str:
