@@ -187,7 +187,7 @@ def run(cmd):
         # capture, closed by now, and logging would print its own "--- Logging error ---" traceback
         for h in logging.getLogger("rknnLogger").handlers:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                h.setStream(sys.stderr)
+                h.stream = sys.stderr  # not setStream(): it flushes the old, closed stream first
         try:
             cli_run(lambda: stage.main(tokens[2:]))
         except SystemExit as e:
