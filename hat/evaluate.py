@@ -219,15 +219,10 @@ class SentencePieceCodec:
     kind = "sentencepiece"
 
     def __init__(self, model_path: str):
-        if not os.path.isfile(model_path):
-            raise HatError(f"sentencepiece model not found: {model_path}")
-        import sentencepiece
+        from hat.data.prepare import load_spm
 
         self.model_path = model_path
-        try:
-            self.sp = sentencepiece.SentencePieceProcessor(model_file=model_path)
-        except (RuntimeError, OSError) as e:
-            raise HatError(f"cannot load sentencepiece model {model_path}: {str(e).splitlines()[0]}") from None
+        self.sp = load_spm(model_path)  # one line when it is missing or not a model
 
     def encode(self, line: str) -> str:
         from hat.data.prepare import encode

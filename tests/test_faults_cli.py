@@ -3,6 +3,7 @@ checkpoints that are empty, incomplete or truncated, a full disk, a concurrent w
 as a user runs it (a subprocess of the top-level script) and must end in ONE line on stderr starting with
 ``error: ``, exit code 2, no traceback, and nothing half-written (the working directory stays empty; a file that
 was there is whole)."""
+import contextlib
 import os
 import re
 import shutil
@@ -311,6 +312,17 @@ def _wait_for(cond, timeout, what, proc=None):
         time.sleep(0.2)
 
 
+@contextlib.contextmanager
+def _killed_on_exit(proc):
+    """The run is killed (and reaped) if it is still alive when the block ends, passed or failed."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.slow
 def test_a_second_writer_is_refused_and_sigint_leaves_no_temp_files(tmp_path):
     from hat.latency.dataset import lock_path, read_rows
@@ -325,7 +337,7 @@ def test_a_second_writer_is_refused_and_sigint_leaves_no_temp_files(tmp_path):
     env = _env(TMPDIR=str(tmp))
     first = subprocess.Popen([PY, os.path.join(ROOT, "latency_dataset.py"), *map(str, argv)], cwd=work, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    try:
+    with _killed_on_exit(first):
         _wait_for(lambda: csv.exists() and len(csv.read_text().splitlines()) >= 2, 240, "a first row", first)
         _wait_for(lambda: any(n.startswith("hat-lat-ort-") for n in os.listdir(tmp)), 60, "an export", first)
         assert os.path.exists(lock_path(str(csv)))
@@ -334,10 +346,6 @@ def test_a_second_writer_is_refused_and_sigint_leaves_no_temp_files(tmp_path):
         assert "another run" in line and f"pid {first.pid}" in line
         first.send_signal(signal.SIGINT)
         first.wait(timeout=120)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
     assert first.returncode == 130, first.stderr.read()[-2000:]
     assert os.listdir(tmp) == []  # the temporary export directory is gone
     assert not os.path.exists(lock_path(str(csv)))
@@ -438,12 +446,8 @@ def test_sigint_during_an_export_leaves_no_temp_dir(tmp_path):
                           "onnxruntime", "--lat-dataset-size", "50", "--lat-dataset-path", str(tmp_path / "lat.csv")],
                          cwd=tmp_path, env=_env(TMPDIR=str(tmp)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          text=True)
-    try:
+    with _killed_on_exit(p):
         _wait_for(lambda: any(n.startswith("hat-lat-ort-") for n in os.listdir(tmp)), 120, "an export", p)
         p.send_signal(signal.SIGINT)
         p.wait(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     assert p.returncode == 130 and os.listdir(tmp) == []

@@ -71,12 +71,15 @@ def _spm():
     return sentencepiece
 
 
-def _load_spm(spm_model):
+def load_spm(spm_model):
     if isinstance(spm_model, (str, os.PathLike)):
         path = Path(spm_model)
         if not path.is_file():
             raise PrepareError(f"sentencepiece model not found: {path}")
-        return _spm().SentencePieceProcessor(model_file=str(path))
+        try:
+            return _spm().SentencePieceProcessor(model_file=str(path))
+        except (RuntimeError, OSError) as e:
+            raise PrepareError(f"cannot load sentencepiece model {path}: {str(e).splitlines()[0]}") from None
     return spm_model  # already a SentencePieceProcessor
 
 
@@ -86,7 +89,7 @@ def detokenize(lines: Union[str, Iterable[str]], spm_model) -> Union[str, List[s
     ``spm_model`` is a path to ``spm.model`` or a loaded ``SentencePieceProcessor``.
     A single string gives a string; an iterable of lines gives a list.
     """
-    sp = _load_spm(spm_model)
+    sp = load_spm(spm_model)
     if isinstance(lines, str):
         return sp.decode_pieces(lines.split())
     return [sp.decode_pieces(line.split()) for line in lines]
@@ -94,7 +97,7 @@ def detokenize(lines: Union[str, Iterable[str]], spm_model) -> Union[str, List[s
 
 def encode(lines: Union[str, Iterable[str]], spm_model) -> Union[str, List[str]]:
     """Text to space-separated sentencepiece pieces (the inverse of :func:`detokenize`)."""
-    sp = _load_spm(spm_model)
+    sp = load_spm(spm_model)
     if isinstance(lines, str):
         return " ".join(sp.encode(lines, out_type=str))
     return [" ".join(p) for p in sp.encode(list(lines), out_type=str)]
@@ -215,7 +218,7 @@ def prepare(pair: str = "de-en", dest: Union[str, Path] = "data-bin/demo.de-en",
             _write_lines(raw / f"{split}.origin", [r[2] for r in rows])
 
         _train_spm([raw / f"train.{src}", raw / f"train.{tgt}"], tmp / "spm", vocab_size)
-        sp = _load_spm(tmp / "spm.model")
+        sp = load_spm(tmp / "spm.model")
         for split in SPLITS:
             for lang in (src, tgt):
                 lines = (raw / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()

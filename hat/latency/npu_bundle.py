@@ -95,15 +95,16 @@ def decode_spec(enc_meta: dict, dec_meta: dict, src_tokens: List[int]) -> dict:
             "cross": cross}
 
 
-def model_entry(cfg: SubConfig, onnx_dir: str, name: str, files: Dict[str, str], src_tokens: List[int],
+def model_entry(cfg: Optional[SubConfig], onnx_dir: str, name: str, files: Dict[str, str], src_tokens: List[int],
                 built: Optional[Dict[str, dict]] = None) -> dict:
     """A manifest entry for the graphs exported as ``name`` in ``onnx_dir`` (their sidecars); ``files``: part ->
     the file the board loads, relative to the bundle (the .rknn builds; a test points them at the .onnx files);
-    ``built``: part -> build summary (sha256, build time)."""
+    ``built``: part -> build summary (sha256, build time). Without ``cfg`` (one converted model measured by
+    ``train.py --latnpu --rknn-name``) the entry's key is ``name``."""
     from hat.export import read_sidecar
 
     metas = {p: read_sidecar(onnx_dir, name, p) for p in ("enc", "dec")}
-    entry = {"key": cfg.key(), "config": cfg.to_hat_dict()}
+    entry = {"key": name} if cfg is None else {"key": cfg.key(), "config": cfg.to_hat_dict()}
     for part, field in (("enc", "encoder"), ("dec", "decoder")):
         meta, summary = metas[part], (built or {}).get(part, {})
         entry[field] = {"file": files[part], "inputs": input_specs(meta["inputs"]),

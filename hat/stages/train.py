@@ -71,30 +71,20 @@ def find_rknn(rknn_name: str, platform: str) -> dict:
 
 
 def rknn_entry(name: str, files: dict) -> dict:
-    """The board runner's model entry (hat.latency.board.measure_model) for two converted graphs: inputs and outputs
-    from the RKNN builds' sidecars, the decode loop's shapes and token ids from convert2onnx.py's sidecars beside
-    them, and HAT's dummy source sentence (token 7, src-len - 1 tokens + EOS, as HAT's latency_dataset.py)."""
-    import json
-
+    """The board runner's model entry (hat.latency.board.measure_model) for two converted graphs, as the npu bundle
+    writes it (:func:`hat.latency.npu_bundle.model_entry`: inputs, outputs and the decode loop's shapes and token ids
+    from convert2onnx.py's sidecars beside the .rknn files), with HAT's dummy source sentence (token 7, src-len - 1
+    tokens + EOS, as HAT's latency_dataset.py)."""
     from hat.export import read_sidecar
-    from hat.latency.npu_bundle import decode_spec, input_specs
+    from hat.latency.npu_bundle import model_entry
 
     folder = os.path.dirname(files["enc"])
-    metas = {}
     for part in ("enc", "dec"):
-        try:
-            metas[part] = read_sidecar(folder, name, part)
-        except HatError:
+        if not os.path.isfile(os.path.join(folder, f"{name}_{part}.json")):
             raise HatError(f"{os.path.join(folder, f'{name}_{part}.json')} (convert2onnx.py's sidecar: shapes, token "
-                           f"ids) is not beside {files[part]}: copy it with the .rknn files") from None
-    src_tokens = [7] * (int(metas["enc"]["shapes"]["src_len"]) - 1)
-    entry = {"key": name, "decode": decode_spec(metas["enc"], metas["dec"], src_tokens)}
-    for part, field in (("enc", "encoder"), ("dec", "decoder")):
-        meta_path = files[part][: -len(".rknn")] + ".json"
-        built = json.load(open(meta_path, encoding="utf-8")) if os.path.isfile(meta_path) else metas[part]
-        entry[field] = {"file": os.path.abspath(files[part]), "inputs": input_specs(built["inputs"]),
-                        "outputs": [o["name"] for o in built["outputs"]]}
-    return entry
+                           f"ids) is not beside {files[part]}: copy it with the .rknn files")
+    src_tokens = [7] * (int(read_sidecar(folder, name, "enc")["shapes"]["src_len"]) - 1)
+    return model_entry(None, folder, name, {p: os.path.abspath(f) for p, f in files.items()}, src_tokens)
 
 
 def measure_rknn(args) -> int:
