@@ -4,14 +4,18 @@
 The same SubTransformers are measured again and again (rounds interleave the configs, so a burst of load hits all of
 them alike), each measurement being warm-up + N timed runs of one encoder call and tgt-len decoder steps. From the
 SAME raw runs every estimator is computed (trimmed mean as HAT, median, 25th and 10th percentile, minimum of the runs' totals; and the sum over the
-encoder call and each decoder step of that call's minimum / 10th percentile over the runs), under two
+encoder call and each decoder step of that call's minimum / 10th percentile over the runs; step-min: every decoder step
+after the first at the fastest of all of them, the steps being one static-shape graph), under two
 schedules: the process free to move between cores, and pinned to one core (``os.sched_setaffinity``); onnxruntime
 with one intra-op thread in both. For each (schedule, estimator): the share of measurements within ±5 % (and ±10 %)
 of their config's median, and the mean relative spread. Goal (issue 12): >= 98 % within ±5 %.
 
     python benchmarks/latency_estimators.py --configs=configs/demo.de-en/latency_dataset/onnxruntime.yml \
         [--n-configs 6] [--rounds 8] [--runs 30] [--warmup 5] [--out benchmarks/results/latency_estimators]
+        [--schedules free,pinned] [--subsets 30,60,100,200]   # estimators also from the first N runs of each
+    python benchmarks/latency_estimators.py --from-raw OLD/raw.json [--subsets ...] --out DIR   # summary again
 """
+import gzip
 import json
 import os
 import random
@@ -21,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-ESTIMATORS = ("trimmed-mean", "median", "p25", "p10", "min", "call-min", "call-p10")
+ESTIMATORS = ("trimmed-mean", "median", "p25", "p10", "min", "call-min", "call-p10", "step-min")
 
 
 def pop(argv, flag, default, cast=int):
@@ -48,13 +52,32 @@ def main(argv=None):
     runs, argv = pop(argv, "--runs", 30)
     warmup, argv = pop(argv, "--warmup", 5)
     out, argv = pop(argv, "--out", "benchmarks/results/latency_estimators", str)
+    only, argv = pop(argv, "--schedules", "free,pinned", str)
+    subsets, argv = pop(argv, "--subsets", "", str)
+    from_raw, argv = pop(argv, "--from-raw", "", str)
+    if from_raw:  # the summary again from the runs of an earlier run (e.g. with an estimator added since)
+        try:
+            with (gzip.open(from_raw, "rt") if from_raw.endswith(".gz") else open(from_raw)) as f:
+                old = json.load(f)
+            raw, meta = old["raw_ms"], old["meta"]
+        except (OSError, ValueError, KeyError) as e:
+            print(f"error: --from-raw {from_raw}: not a raw.json of this benchmark ({e})", file=sys.stderr)
+            return 2
+        runs = meta["runs"]
+    subsets = [int(x) for x in subsets.split(",") if x] or [runs]
+    if any(n < 1 or n > runs for n in subsets):
+        print(f"error: --subsets must lie in 1..--runs ({runs})", file=sys.stderr)
+        return 2
+    if from_raw:
+        write(out, raw, meta, subsets, save_raw=False)
+        return 0
     args = parse_args(argv + ["--lat-vocab-size", "7904"], "latency estimators", hooks=(add_latency_args,))
     ctx = stage_context(args)
     base = ctx.protocol
     cores = sorted(os.sched_getaffinity(0))
     rng = random.Random(11)
     cfgs = [ctx.space.largest(), ctx.space.smallest()] + [ctx.space.sample(rng) for _ in range(max(0, n_cfg - 2))]
-    schedules = {"free": cores, "pinned": [cores[-1]]}
+    schedules = {k: v for k, v in {"free": cores, "pinned": [cores[-1]]}.items() if k in only.split(",")}
     raw = {s: {c.key(): [] for c in cfgs} for s in schedules}
     t_start = time.time()
     for sched, cpus in schedules.items():
@@ -75,39 +98,59 @@ def main(argv=None):
     os.sched_setaffinity(0, cores)
 
     summary = []
-    for sched in schedules:
-        for est in ESTIMATORS:
-            w5, w10, cv = [], [], []
-            for key, meas in raw[sched].items():
-                vals = [estimate_calls([[e] + st for e, st in zip(x["enc"], x["steps"])], est, 0.1) for x in meas]
-                w5.append(share_within(vals, 0.05))
-                w10.append(share_within(vals, 0.10))
-                cv.append(statistics.pstdev(vals) / statistics.mean(vals))
-            summary.append({"schedule": sched, "estimator": est, "within5": statistics.mean(w5),
-                            "within10": statistics.mean(w10), "mean_spread": statistics.mean(cv),
-                            "worst_config_within5": min(w5)})
+    write(out, raw, {"configs": [c.to_json() for c in cfgs], "rounds": rounds, "runs": runs, "warmup": warmup,
+                     "src_len": base.src_len, "tgt_len": base.tgt_len, "beam": base.beam, "cores": len(cores),
+                     "load_average": os.getloadavg(), "seconds": time.time() - t_start}, subsets)
+    return 0
+
+
+def one(x, n, est):
+    """The latency of one measurement (its first ``n`` timed runs) by ``est``: the encoder's call and the decoder's
+    steps estimated apart (a step-* or call-* estimator must not mix an encoder call with decoder steps)."""
+    from hat.latency.protocol import estimate_calls
+
+    enc, steps = x["enc"][:n], x["steps"][:n]
+    if est in ("call-min", "call-p10", "step-min"):
+        return estimate_calls([[e] for e in enc], est) + estimate_calls(steps, est)
+    return estimate_calls([[e] + st for e, st in zip(enc, steps)], est, 0.1)
+
+
+def write(out, raw, meta, subsets, save_raw=True):
+    summary = []
+    for sched in raw:
+        for n in subsets:
+            for est in ESTIMATORS:
+                w5, w10, cv = [], [], []
+                for key, meas in raw[sched].items():
+                    vals = [one(x, n, est) for x in meas]
+                    w5.append(share_within(vals, 0.05))
+                    w10.append(share_within(vals, 0.10))
+                    cv.append(statistics.pstdev(vals) / statistics.mean(vals))
+                summary.append({"schedule": sched, "runs": n, "estimator": est, "within5": statistics.mean(w5),
+                                "within10": statistics.mean(w10), "mean_spread": statistics.mean(cv),
+                                "worst_config_within5": min(w5)})
     os.makedirs(out, exist_ok=True)
-    meta = {"configs": [c.to_json() for c in cfgs], "rounds": rounds, "runs": runs, "warmup": warmup,
-            "src_len": base.src_len, "tgt_len": base.tgt_len, "beam": base.beam, "cores": len(cores),
-            "load_average": os.getloadavg(), "seconds": time.time() - t_start}
-    with open(os.path.join(out, "raw.json"), "w") as f:
-        json.dump({"meta": meta, "raw_ms": raw, "summary": summary}, f)
-    lines = [f"latency estimators: {len(cfgs)} configs x {rounds} interleaved rounds x ({warmup} warm-up + {runs} "
-             f"runs), onnxruntime 1 thread, {len(cores)} cores, load average at the end {os.getloadavg()[0]:.2f} "
-             f"[measured:onnxruntime]",
-             f"{'schedule':<8} {'estimator':<13} {'within ±5 %':>11} {'within ±10 %':>12} {'mean spread':>11} "
+    if save_raw:  # per-call times to 0.1 us, gzipped (--from-raw reads it back)
+        r4 = lambda xs: [round(x, 4) for x in xs]
+        small = {s: {k: [{"enc": r4(m["enc"]), "steps": [r4(st) for st in m["steps"]]} for m in ms]
+                     for k, ms in per.items()} for s, per in raw.items()}
+        with gzip.open(os.path.join(out, "raw.json.gz"), "wt") as f:
+            json.dump({"meta": meta, "raw_ms": small, "summary": summary}, f, separators=(",", ":"))
+    lines = [f"latency estimators: {len(meta['configs'])} configs x {meta['rounds']} interleaved rounds x "
+             f"({meta['warmup']} warm-up + {meta['runs']} runs), onnxruntime 1 thread, {meta['cores']} cores, load "
+             f"average at the end {meta['load_average'][0]:.2f} [measured:onnxruntime]",
+             f"{'schedule':<8} {'runs':>5} {'estimator':<13} {'within ±5 %':>11} {'within ±10 %':>12} {'mean spread':>11} "
              f"{'worst config ±5 %':>17}"]
     for s in summary:
-        lines.append(f"{s['schedule']:<8} {s['estimator']:<13} {100 * s['within5']:>10.1f}% {100 * s['within10']:>11.1f}% "
+        lines.append(f"{s['schedule']:<8} {s['runs']:>5} {s['estimator']:<13} {100 * s['within5']:>10.1f}% {100 * s['within10']:>11.1f}% "
                      f"{100 * s['mean_spread']:>10.2f}% {100 * s['worst_config_within5']:>16.1f}%")
     best = max(summary, key=lambda s: (s["within5"], -s["mean_spread"]))
-    lines.append(f"best: {best['schedule']} + {best['estimator']}: {100 * best['within5']:.1f} % within ±5 % "
+    lines.append(f"best: {best['schedule']} + {best['estimator']} over {best['runs']} runs: {100 * best['within5']:.1f} % within ±5 % "
                  f"(goal >= 98 %: {'met' if best['within5'] >= 0.98 else 'not met'})")
     text = "\n".join(lines)
     with open(os.path.join(out, "summary.txt"), "w") as f:
         f.write(text + "\n")
     print(text)
-    return 0
 
 
 if __name__ == "__main__":

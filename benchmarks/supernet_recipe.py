@@ -40,22 +40,30 @@ def _space():
     return space_from_args(argparse.Namespace(**{k.replace("-", "_"): v for k, v in y.items()}))
 
 
-def plan(out: str, n: int, seed: int) -> None:
+def plan(out: str, n: int, seed: int, between: int = 0, prefix: str = "sub") -> None:
+    """``between`` = k > 0: instead of the extremes and n-2 evenly spaced quantiles, the k configs evenly spaced
+    strictly between each pair of neighbouring quantiles of an ``n`` plan (same seed and pool), i.e. (n-1)*k new
+    SubTransformers that interleave an existing plan by size."""
     import yaml
 
     space = _space()
     rng = random.Random(seed)
     pool = {c.key(): c for c in (space.sample(rng) for _ in range(2000))}
     ranked = sorted(pool.values(), key=_params)
-    picks = [space.largest(), space.smallest()]
-    for q in range(1, n - 1):
-        c = ranked[round(q * (len(ranked) - 1) / (n - 1))]
+    if between:
+        picks = []
+        positions = [(q + j / (between + 1)) / (n - 1) for q in range(n - 1) for j in range(1, between + 1)]
+    else:
+        picks = [space.largest(), space.smallest()]
+        positions = [q / (n - 1) for q in range(1, n - 1)]
+    for pos in positions:
+        c = ranked[round(pos * (len(ranked) - 1))]
         if all(c != p for p in picks):
             picks.append(c)
     os.makedirs(out, exist_ok=True)
     for i, c in enumerate(sorted(picks, key=_params)):
         d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in c.to_hat_dict().items()}
-        with open(os.path.join(out, f"sub{i}.yml"), "w") as f:
+        with open(os.path.join(out, f"{prefix}{i}.yml"), "w") as f:
             f.write(f"# {c.key()}  ({_params(c) / 1e6:.2f} M parameters)\n" + yaml.safe_dump(d, sort_keys=False))
     print(f"| {len(picks)} SubTransformers in {out}")
 
@@ -143,6 +151,29 @@ def evaluate(args) -> None:
               f"BLEU {r.get('test_bleu', float('nan')):.2f}  {r['params'] / 1e6:.2f}M")
 
 
+def merge(args) -> None:
+    """Rows of several eval outputs in one file: ``--take FILE@SOURCE[@NEW]`` keeps FILE's rows of SOURCE (renamed
+    NEW), so that e.g. a second seed's standalone rows become ``standalone:seed2``."""
+    rows = []
+    for spec in args.take:
+        parts = spec.split("@")
+        if len(parts) not in (2, 3):
+            raise SystemExit(f"--take {spec}: FILE@SOURCE[@NEW_SOURCE]")
+        with open(parts[0]) as f:
+            got = [dict(r, source=parts[-1]) for r in json.load(f) if r["source"] == parts[1]]
+        if not got:
+            raise SystemExit(f"--take {spec}: no rows of source {parts[1]} in {parts[0]}")
+        rows += got
+    seen = set()
+    for r in rows:
+        if (r["model"], r["source"]) in seen:
+            raise SystemExit(f"merge: {r['model']} twice as {r['source']}")
+        seen.add((r["model"], r["source"]))
+    with open(args.out, "w") as f:
+        json.dump(rows, f, indent=1)
+    print(f"| {len(rows)} rows in {args.out}")
+
+
 def _curves(log_path: str):
     """Validation points of a fairseq log: updates, valid loss (of the largest and smallest SubTransformer for a
     SuperTransformer), and training seconds so far (fairseq's per-interval ``train_wall`` of the train_inner lines summed,
@@ -176,7 +207,7 @@ def report(args) -> None:
     out = {"goal": "Spearman >= 0.9 between inherited and from-scratch valid loss over >= 8 SubTransformers; "
                    "largest SubTransformer's inherited BLEU within 2 of its from-scratch BLEU", "recipes": {}}
     lines = []
-    for src in sorted({r["source"] for r in rows if r["source"] != "standalone"}):
+    for src in sorted({r["source"] for r in rows if r["source"].startswith("inherited:")}):
         inh = {r["model"]: r for r in rows if r["source"] == src}
         common = sorted(set(inh) & set(stand))
         rho = _spearman([inh[m]["valid_loss"] for m in common], [stand[m]["valid_loss"] for m in common])
@@ -191,6 +222,26 @@ def report(args) -> None:
                      f"{inh[largest].get('test_bleu', float('nan')):.2f} vs standalone "
                      f"{stand[largest].get('test_bleu', float('nan')):.2f} (gap {gap:.2f}); goal "
                      f"{'met' if met else 'NOT met'}")
+    # other seeds of the standalone runs: how well from-scratch training ranks itself (the ceiling of any Spearman
+    # against it), and every recipe against the mean over the seeds where a model has them all
+    for extra in sorted({r["source"] for r in rows if r["source"].startswith("standalone:")}):
+        other = {r["model"]: r for r in rows if r["source"] == extra}
+        both = sorted(set(other) & set(stand))
+        if len(both) < 3:
+            continue
+        rho = _spearman([stand[m]["valid_loss"] for m in both], [other[m]["valid_loss"] for m in both])
+        diff = [abs(stand[m]["valid_loss"] - other[m]["valid_loss"]) for m in both]
+        out.setdefault("seeds", {})[extra] = {"n": len(both), "spearman_vs_standalone": rho,
+                                              "mean_abs_loss_diff": sum(diff) / len(diff)}
+        lines.append(f"{extra} vs standalone (same {len(both)} SubTransformers, another seed): Spearman {rho:.3f}, "
+                     f"mean |loss difference| {sum(diff) / len(diff):.3f}")
+        mean = {m: (stand[m]["valid_loss"] + other[m]["valid_loss"]) / 2 for m in both}
+        for src in sorted({r["source"] for r in rows if r["source"].startswith("inherited:")}):
+            inh = {r["model"]: r for r in rows if r["source"] == src}
+            ms = [m for m in both if m in inh]
+            rho = _spearman([inh[m]["valid_loss"] for m in ms], [mean[m] for m in ms])
+            out["recipes"][src][f"spearman_vs_seed_mean_{extra}"] = rho
+            lines.append(f"{src}: n={len(ms)} Spearman against the mean of standalone and {extra} {rho:.3f}")
     out["curves"] = {os.path.basename(p)[:-4]: _curves(p) for p in args.logs}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"premise{args.tag}.json"), "w") as f:
@@ -207,7 +258,7 @@ def _plot(rows, curves, png) -> None:
     plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 5))
     stand = {r["model"]: r for r in rows if r["source"] == "standalone"}
-    for src, marker in zip(sorted({r["source"] for r in rows if r["source"] != "standalone"}), "os^dv"):
+    for src, marker in zip(sorted({r["source"] for r in rows if r["source"].startswith("inherited:")}), "os^dv"):
         pts = [(stand[r["model"]]["valid_loss"], r["valid_loss"]) for r in rows
                if r["source"] == src and r["model"] in stand]
         a.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=src)
@@ -237,6 +288,8 @@ def main(argv=None) -> int:
     a.add_argument("--out", required=True)
     a.add_argument("-n", type=int, default=8)
     a.add_argument("--seed", type=int, default=1)
+    a.add_argument("--between", type=int, default=0, help="k SubTransformers between neighbouring quantiles of an -n plan")
+    a.add_argument("--prefix", default="sub")
     e = sub.add_parser("eval")
     e.add_argument("--plan", required=True)
     e.add_argument("--supernet", action="append", default=[], help="NAME=CKPT (repeat)")
@@ -245,14 +298,17 @@ def main(argv=None) -> int:
     e.add_argument("--out", required=True)
     e.add_argument("--jobs", type=int, default=8)
     e.add_argument("--no-bleu", action="store_true")
+    m = sub.add_parser("merge")
+    m.add_argument("--take", action="append", required=True, help="FILE@SOURCE[@NEW_SOURCE] (repeat)")
+    m.add_argument("--out", required=True)
     r = sub.add_parser("report")
     r.add_argument("--results", required=True)
     r.add_argument("--logs", nargs="*", default=[])
     r.add_argument("--out", required=True)
     r.add_argument("--tag", default="", help="suffix of the output files (premise<TAG>.json/.txt/.png)")
     args = p.parse_args(argv)
-    {"plan": lambda: plan(args.out, args.n, args.seed), "eval": lambda: evaluate(args),
-     "report": lambda: report(args)}[args.cmd]()
+    {"plan": lambda: plan(args.out, args.n, args.seed, args.between, args.prefix), "eval": lambda: evaluate(args),
+     "report": lambda: report(args), "merge": lambda: merge(args)}[args.cmd]()
     return 0
 
 

@@ -185,7 +185,8 @@ def add_latency_args(parser) -> None:
     add("--lat-trim", type=float_between(0.0, 0.5, high_open=True), default=None,
         help="trimmed-mean: share of fastest and of slowest runs dropped (protocol default 0.1)")
     add("--lat-estimator", choices=ESTIMATORS, default=None,
-        help="one latency from the timed runs (protocol default call-min: the sum of each call's fastest run)")
+        help="one latency from the timed runs (protocol default call-min: the sum of each call's fastest run; "
+             "step-min: every decoder step after the first costed at the fastest of all of them; graph backends)")
     add("--lat-pin", action="store_true", default=None, help="pin the measuring process to one core")
     add("--lat-src-len", type=int_at_least(1), default=None,
         help="source length of the dummy sentence (HAT: 30 WMT, 23 IWSLT; protocol default 30)")

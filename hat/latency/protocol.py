@@ -25,10 +25,15 @@ from typing import Callable, Dict, List, Optional, Sequence
 from hat.errors import ConfigError
 from hat.space import SubConfig
 
-ESTIMATORS = ("trimmed-mean", "median", "p25", "p10", "min", "call-min", "call-p10")
+ESTIMATORS = ("trimmed-mean", "median", "p25", "p10", "min", "call-min", "call-p10", "step-min")
 # call-*: the decoder's latency is the sum over its steps of each step's min (10th percentile) over the timed runs,
 # the encoder's the min (10th percentile) of its calls: the shortest units of work, each of which a shared machine
 # leaves undisturbed in some run
+# step-min: the encoder's fastest call + the first decoder step's fastest run + (tgt_len - 1) x the fastest of ALL the
+# other steps of all runs. Only where every step after the first runs the same graph on inputs of the same shapes
+# (the exported static-shape graphs: STATIC_STEP_BACKENDS), so that each step call is a sample of the same work and
+# the minimum is taken over tgt_len - 1 times more samples (benchmarks/latency_estimators.py)
+CALL_ESTIMATORS = ("call-min", "call-p10", "step-min")
 # a measurement's columns in the latency dataset (HAT's four)
 LATENCY_COLUMNS = ["latency_mean_encoder", "latency_mean_decoder", "latency_std_encoder", "latency_std_decoder"]
 # what makes two measurements comparable (the where -- backend version, machine -- is recorded beside)
@@ -37,6 +42,8 @@ MEASURING = ("backend", "src_len", "tgt_len", "beam", "batch", "warmup", "repeat
 # backends that time the exported graphs (hat.export.GRAPHS_VERSION); rows recorded before the field existed were
 # measured on version 1
 GRAPH_BACKENDS = ("onnxruntime", "npu", "npu-adb")
+# backends whose decoder steps all have the same shapes (fixed-size caches + a step mask): step-min is defined there
+STATIC_STEP_BACKENDS = GRAPH_BACKENDS
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,9 @@ class Protocol:
             raise ConfigError(f"latency protocol: trim must be in [0, 0.5), got {self.trim}")
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"latency protocol: estimator {self.estimator!r} is not one of {', '.join(ESTIMATORS)}")
+        if self.estimator == "step-min" and self.backend and self.backend not in STATIC_STEP_BACKENDS:
+            raise ConfigError(f"latency protocol: estimator step-min needs decoder steps of one shape "
+                              f"({', '.join(STATIC_STEP_BACKENDS)}); backend {self.backend} grows its inputs per step")
         if self.threads is not None and int(self.threads) < 1:
             raise ConfigError(f"latency protocol: threads must be >= 1, got {self.threads}")
 
@@ -196,6 +206,10 @@ def estimate_calls(runs: Sequence[Sequence[float]], estimator: str, trim: float 
     if estimator in ("call-min", "call-p10"):
         q = 0.0 if estimator == "call-min" else 0.10
         return sum(_quantile([r[s] for r in runs], q) for s in range(len(runs[0])))
+    if estimator == "step-min":  # the first call of a run stands alone (it carries the cache reset)
+        first = min(r[0] for r in runs)
+        rest = [x for r in runs for x in r[1:]]
+        return first + (len(runs[0]) - 1) * min(rest) if rest else first
     return estimate([sum(r) for r in runs], estimator, trim)
 
 
@@ -203,7 +217,7 @@ def stats(samples: Sequence[float], protocol: Protocol, calls: Optional[Sequence
     """(latency by the protocol's estimator, spread): the spread is the std of the runs HAT's trimming keeps.
     ``calls`` (per run, the time of each call) is needed by the ``call-*`` estimators."""
     spread = trimmed_stats(samples, protocol.trim)[1]
-    if protocol.estimator.startswith("call-"):
+    if protocol.estimator in CALL_ESTIMATORS:
         if calls is None:
             raise ConfigError(f"estimator {protocol.estimator} needs per-call times, which this backend does not give")
         return estimate_calls(calls, protocol.estimator, protocol.trim), spread
