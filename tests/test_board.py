@@ -213,22 +213,25 @@ def test_board_times_are_the_clocks_and_collect_computes_the_statistics(exported
     results = tmp_path / "results.jsonl"
     results.write_text(json.dumps(rec) + "\n")
     cfg = SubConfig.from_hat_dict(entry["config"])
-    for estimator in ("trimmed-mean", "call-min"):
+    for estimator in ("trimmed-mean", "call-min", "step-min"):
         q = Protocol(**dict(p.to_dict(), estimator=estimator, backend=""))
         writer = DatasetWriter(str(tmp_path / f"{estimator}.csv"))
         if estimator != rec["protocol"]["estimator"]:
             counts = npu_bundle.collect(str(results), writer, {cfg.key(): cfg}, q, log=lambda s: None)
             assert counts["added"] == 0 and counts["bad"] == 1, "measured with another estimator: not this protocol"
         rec_q = dict(rec, protocol=dict(rec["protocol"], estimator=estimator))
-        if estimator == "call-min":  # per-step times that tell the estimators apart: each step's min is 0.5 ms
-            rec_q["decoder_step_ms"] = [[0.5 + r] * p.tgt_len for r in range(p.repeats)]
+        if estimator != "trimmed-mean":  # per-step times that tell the estimators apart: step s >= 1 of run r takes
+            # 0.2 + r + 0.01 s ms (so its own min is 0.2 + 0.01 s, the min of all later steps 0.21), step 0 0.5 + r
+            rec_q["decoder_step_ms"] = [[0.5 + r] + [0.2 + r + 0.01 * s for s in range(1, p.tgt_len)]
+                                        for r in range(p.repeats)]
         results.write_text(json.dumps(rec_q) + "\n")
         counts = npu_bundle.collect(str(results), writer, {cfg.key(): cfg}, q, log=lambda s: None)
         assert counts["added"] == 1
         (row,) = read_rows(writer.path)
         assert row["key"] == cfg.key() and row["backend"] == "npu" and row["source"] == "measured:board"
         assert float(row["latency_mean_encoder"]) == pytest.approx(1.0)
-        want = 0.5 * p.tgt_len if estimator == "call-min" else float(p.tgt_len)
+        want = {"trimmed-mean": float(p.tgt_len), "step-min": 0.5 + 0.21 * (p.tgt_len - 1),
+                "call-min": 0.5 + sum(0.2 + 0.01 * s for s in range(1, p.tgt_len))}[estimator]
         assert float(row["latency_mean_decoder"]) == pytest.approx(want)
         assert json.loads(row["protocol"])["estimator"] == estimator
         results.write_text(json.dumps(rec) + "\n")

@@ -349,7 +349,7 @@ def collect(results_path: str, writer, known: Dict[str, SubConfig], protocol: Pr
             memory_of: Callable[[SubConfig], dict] = lambda c: {}, log=print) -> Dict[str, int]:
     """Merge the board runner's JSON lines into the dataset (backend ``npu``, source ``measured:board``): the
     statistics come from each line's raw ``encoder_ms`` / ``decoder_ms`` (one per timed run; ``decoder_step_ms`` per
-    step for the call-* estimators) with the protocol's estimator (:class:`hat.latency.protocol.Measurement`); each
+    step for the per-call estimators) with the protocol's estimator (:class:`hat.latency.protocol.Measurement`); each
     row records the line's protocol (the board's rknnlite version and model). A line with ``error`` is reported and
     skipped (it holds no figure, and none is made up); so are torn lines, unknown keys, lines measured with another
     protocol (:meth:`Protocol.mismatch`), lines without ``repeats`` finite raw times, and keys already in the
@@ -407,7 +407,7 @@ def collect(results_path: str, writer, known: Dict[str, SubConfig], protocol: Pr
         steps = rec.get("decoder_step_ms")
         if not (isinstance(steps, list) and len(steps) == protocol.repeats
                 and all(_times(r, protocol.tgt_len) for r in steps)):
-            steps = None  # only the call-* estimators need them (they then refuse the line in one message)
+            steps = None  # only the per-call estimators (call-*, step-min) need them; they then refuse the line
         m = Measurement([float(v) for v in runs[0]], [float(v) for v in runs[1]], got, SOURCE,
                         step_ms=[[float(v) for v in r] for r in steps] if steps else None)
         try:
