@@ -2,11 +2,23 @@
 """Training throughput of the SuperTransformer at a sampled SubTransformer vs a dense plain-PyTorch Transformer.
 
 Both models get the same architecture (the sampled SubTransformer's per-layer shapes), the same batch, the same
-device and precision; steps (forward + backward + Adam) alternate between the two so that drift on a shared machine
-hits both alike. Prints tokens/s of each and the ratio (goal: supernet / dense >= 0.9).
+device, precision and optimizer (Adam, ``--adam fused`` by default on both sides); one training step is forward +
+backward + Adam. Per config the candidates run in rounds, each round timing ``--steps`` steps of every candidate in
+turn (the order rotates between rounds), so that drift on a shared machine hits all alike. Candidates:
+
+* ``supernet``: this checkout's SuperTransformer, sampled at the config (Adam over all super weights, as HAT);
+* ``dense``: a dense Transformer of exactly that shape, eager (SDPA's default backend choice unless
+  ``--no-cudnn-sdpa``; the supernet's attention never takes cuDNN's, see ``hat.modules.elastic.attention``);
+* ``dense_compiled`` (``--compile``): the same dense model and loss under ``torch.compile`` (default mode);
+* ``supernet_before`` (``--before DIR``): the SuperTransformer of an earlier commit, unpacked in DIR
+  (``git archive COMMIT hat/modules hat/models | tar -x -C DIR``), same weights.
+
+Prints tokens/s of each, the ratios per config and their geometric means (goal: supernet / dense >= 0.95; moonshot:
+supernet / dense_compiled >= 0.9), with the spread of the geometric mean over rounds.
 
     python benchmarks/supernet_throughput.py [--space configs/demo.de-en/supertransformer/space0.yml]
-        [--device cpu|cuda] [--bf16] [--tokens 4096] [--steps 20] [--seed 1]
+        [--device cpu|cuda] [--bf16] [--tokens 4096] [--configs 3] [--rounds 3] [--steps 10] [--compile]
+        [--before DIR] [--adam fused|foreach] [--json PATH]
 """
 from __future__ import annotations
 
@@ -18,6 +30,7 @@ import platform
 import random
 import sys
 import time
+import types
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +45,8 @@ from hat.space import SearchSpace, ende_layers  # noqa: E402
 
 # ---- a dense reference written with plain PyTorch only (no elastic code) ------------------------------------------
 class DenseAttention(nn.Module):
+    """Separate q, k, v projections, as fairseq's (and HAT's) attention."""
+
     def __init__(self, emb, kv_emb, qkv, heads):
         super().__init__()
         self.q, self.k, self.v = nn.Linear(emb, qkv), nn.Linear(kv_emb, qkv), nn.Linear(kv_emb, qkv)
@@ -103,6 +118,22 @@ class DenseTransformer(nn.Module):
         return F.linear(y, self.emb.weight[:, : self.d])
 
 
+# ---- the SuperTransformer of an earlier commit, side by side with this checkout's --------------------------------
+def load_before(root: str):
+    """``SuperTransformer`` and ``ModelOptions`` from ``root/hat/models/transformer.py`` with that tree's
+    ``hat/modules/elastic.py`` (everything else, e.g. ``hat.space``, from this checkout)."""
+    mods = {}
+    for name, rel in (("elastic", "hat/modules/elastic.py"), ("transformer", "hat/models/transformer.py")):
+        path = os.path.join(root, rel)
+        src = open(path).read().replace("from hat.modules.elastic import", "from hat_before_elastic import")
+        mod = types.ModuleType(f"hat_before_{name}")
+        mod.__file__ = path
+        sys.modules[mod.__name__] = mod
+        exec(compile(src, path, "exec"), mod.__dict__)
+        mods[name] = mod
+    return mods["transformer"].SuperTransformer, mods["transformer"].ModelOptions
+
+
 # ---- measurement --------------------------------------------------------------------------------------------------
 def make_batch(tokens, vocab, device, gen):
     src_len, tgt_len = 24, 26
@@ -115,24 +146,43 @@ def make_batch(tokens, vocab, device, gen):
     return src.to(device), tgt[:, :-1].to(device), tgt[:, 1:].to(device)
 
 
-def step(model, opt, batch, device, bf16):
-    src, prev, target = batch
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = model(src, prev)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), target.reshape(-1))
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+def loss_of(model, src, prev, target):
+    logits = model(src, prev)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), target.reshape(-1))
 
 
-def timed(fn, device):
+class Candidate:
+    """A model, its optimizer and its step function (``loss_fn(src, prev, target)``; compiled or eager)."""
+
+    def __init__(self, name, model, optimizer, loss_fn):
+        self.name, self.model, self.opt, self.loss_fn = name, model, optimizer, loss_fn
+        self.seconds, self.steps = 0.0, 0
+        self.round_seconds = []
+
+    def step(self, batch, device, bf16):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = self.loss_fn(*batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+
+def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
+
+
+def adam(params, kind, device):
+    kw = dict(lr=1e-4, betas=(0.9, 0.98))
+    if kind == "fused":
+        kw["fused"] = True
+    elif kind == "foreach":
+        kw["foreach"] = True
+    return torch.optim.Adam(params, **kw)
+
+
+def geomean(xs):
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
 
 
 def main(argv=None):
@@ -142,57 +192,152 @@ def main(argv=None):
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     ap.add_argument("--tokens", type=int, default=4096, help="target tokens per batch")
     ap.add_argument("--vocab", type=int, default=8000)
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per model")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per candidate and round")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per config (the spread is over rounds)")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--configs", type=int, default=3, help="sampled SubTransformers to measure")
+    ap.add_argument("--configs", type=int, default=3, help="SubTransformers to measure (the largest, then sampled)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--adam", choices=["fused", "foreach", "default"], default="fused",
+                    help="torch.optim.Adam variant, the same on every side (default: fused)")
+    ap.add_argument("--compile", action="store_true", help="also the dense model + loss under torch.compile")
+    ap.add_argument("--compile-budget", type=float, default=600.0,
+                    help="seconds of compilation after which later configs skip the compiled candidate")
+    ap.add_argument("--before", help="directory with hat/modules and hat/models of an earlier commit")
+    ap.add_argument("--no-cudnn-sdpa", action="store_true",
+                    help="turn SDPA's cuDNN backend off for every candidate (the supernet's attention never uses it: "
+                         "hat.modules.elastic.attention); by default the dense model gets PyTorch's default choice")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
+    if args.no_cudnn_sdpa:
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    if args.compile:
+        import torch._dynamo as dynamo  # one graph per config: room for all of them
+
+        for key in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                    "accumulated_recompile_limit"):
+            if hasattr(dynamo.config, key):
+                setattr(dynamo.config, key, 256)
     space = SearchSpace.from_dict(load_yaml(args.space), source=args.space)
     rng = random.Random(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    opt_kw = dict(lr=1e-4, betas=(0.9, 0.98))
-    sup = SuperTransformer(space.super_config(), ModelOptions(args.vocab, args.vocab, share_all_embeddings=True)).to(device)
-    sup_opt = torch.optim.Adam(sup.parameters(), **opt_kw)
-    results = []
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}), "
-          f"threads {torch.get_num_threads()}, bf16 {args.bf16}, torch {torch.__version__}, space {args.space}")
+    sup = SuperTransformer(space.super_config(), ModelOptions(args.vocab, args.vocab, share_all_embeddings=True))
+    sup = sup.to(device)
+    before = None
+    if args.before:
+        BeforeModel, BeforeOptions = load_before(args.before)
+        before = BeforeModel(space.super_config(), BeforeOptions(args.vocab, args.vocab, share_all_embeddings=True))
+        before.load_state_dict(sup.state_dict())
+        before = before.to(device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    head = (f"device {device} ({gpu or platform.processor() or 'cpu'}), threads {torch.get_num_threads()}, bf16 "
+            f"{args.bf16}, torch {torch.__version__}, adam {args.adam} (every side), space {args.space}, vocab "
+            f"{args.vocab}, {args.rounds} rounds x {args.steps} steps per candidate and config, cuDNN SDPA for the "
+            f"dense model {'on' if torch.backends.cuda.cudnn_sdp_enabled() else 'off'}")
+    print(head, flush=True)
+    results, compile_spent = [], 0.0
+    sup_c = Candidate("supernet", sup, adam(sup.parameters(), args.adam, device), lambda *b: loss_of(sup, *b))
+    bef_c = None
+    if before is not None:
+        bef_c = Candidate("supernet_before", before, adam(before.parameters(), args.adam, device),
+                          lambda *b: loss_of(before, *b))
     for c in range(args.configs):
         cfg = space.largest() if c == 0 else space.sample(rng)
         sup.set_sample_config(cfg).train()
+        if before is not None:
+            before.set_sample_config(cfg).train()
         dense = DenseTransformer(cfg, args.vocab).to(device).train()
-        dense_opt = torch.optim.Adam(dense.parameters(), **opt_kw)
+        dense_opt = adam(dense.parameters(), args.adam, device)
+        cands = [sup_c, Candidate("dense", dense, dense_opt, lambda *b, m=dense: loss_of(m, *b))]
+        if bef_c is not None:
+            cands.append(bef_c)
+        compile_s = None
+        if args.compile and compile_spent < args.compile_budget:
+            compiled = torch.compile(lambda *b, m=dense: loss_of(m, *b))
+            cands.append(Candidate("dense_compiled", dense, dense_opt, compiled))
         batch = make_batch(args.tokens, args.vocab, device, gen)
         ntok = batch[1].numel()
-        for _ in range(args.warmup):
-            step(sup, sup_opt, batch, device, args.bf16)
-            step(dense, dense_opt, batch, device, args.bf16)
-        ts, td = 0.0, 0.0
-        for _ in range(args.steps):  # interleaved
-            ts += timed(lambda: step(sup, sup_opt, batch, device, args.bf16), device)
-            td += timed(lambda: step(dense, dense_opt, batch, device, args.bf16), device)
-        row = {
-            "config": cfg.key(),
-            "params_dense": sum(p.numel() for p in dense.parameters()),
-            "tokens_per_batch": ntok,
-            "supernet_tok_s": ntok * args.steps / ts,
-            "dense_tok_s": ntok * args.steps / td,
-        }
-        row["ratio"] = row["supernet_tok_s"] / row["dense_tok_s"]
+        for cand in cands:
+            cand.seconds, cand.steps, cand.round_seconds = 0.0, 0, []
+            sync(device)
+            t = time.perf_counter()
+            for _ in range(args.warmup):
+                cand.step(batch, device, args.bf16)
+            sync(device)
+            if cand.name == "dense_compiled":
+                compile_s = time.perf_counter() - t
+                compile_spent += compile_s
+        for r in range(args.rounds):
+            order = cands[r % len(cands):] + cands[: r % len(cands)]
+            for cand in order:
+                sync(device)
+                t = time.perf_counter()
+                for _ in range(args.steps):
+                    cand.step(batch, device, args.bf16)
+                sync(device)
+                dt = time.perf_counter() - t
+                cand.seconds += dt
+                cand.steps += args.steps
+                cand.round_seconds.append(dt)
+        row = {"config": cfg.key(), "kind": "largest" if c == 0 else "sampled",
+               "params_dense": sum(p.numel() for p in dense.parameters()), "tokens_per_batch": ntok,
+               "compile_seconds": compile_s}
+        for cand in cands:
+            row[f"{cand.name}_tok_s"] = ntok * cand.steps / cand.seconds
+            row[f"{cand.name}_round_tok_s"] = [ntok * args.steps / s for s in cand.round_seconds]
+        for num, den, key in (("supernet", "dense", "ratio"), ("supernet", "dense_compiled", "ratio_compiled"),
+                              ("supernet_before", "dense", "ratio_before"),
+                              ("dense_compiled", "dense", "compiled_speedup")):
+            if f"{num}_tok_s" in row and f"{den}_tok_s" in row:
+                row[key] = row[f"{num}_tok_s"] / row[f"{den}_tok_s"]
+                row[key + "_rounds"] = [a / b for a, b in zip(row[f"{num}_round_tok_s"], row[f"{den}_round_tok_s"])]
         results.append(row)
-        print(f"config {row['config']} ({'largest' if c == 0 else 'sampled'}, {row['params_dense'] / 1e6:.2f}M params, "
-              f"{ntok} tgt tokens/batch): supernet {row['supernet_tok_s']:,.0f} tok/s, dense {row['dense_tok_s']:,.0f} "
-              f"tok/s, ratio {row['ratio']:.3f}  [measured:{device.type}]")
-    geo = math.exp(sum(math.log(r["ratio"]) for r in results) / len(results))
-    print(f"supernet/dense throughput ratio (geometric mean over {len(results)} configs): {geo:.3f} (goal >= 0.9) "
-          f"[measured:{device.type}{'+bf16' if args.bf16 else ''}]")
+        if args.json:  # after every config, so that a run stopped by a time limit keeps what it measured
+            write_json(args.json, head, device, gpu, args, results, summarize(results, args.rounds))
+        figures = ", ".join(f"{cand.name} {row[f'{cand.name}_tok_s']:,.0f}" for cand in cands)
+        ratios = ", ".join(f"{k} {row[k]:.3f}" for k in ("ratio", "ratio_compiled", "ratio_before") if k in row)
+        print(f"config {row['config']} ({row['kind']}, {row['params_dense'] / 1e6:.2f}M params, {ntok} tgt "
+              f"tokens/batch): {figures} tok/s; {ratios}"
+              + (f"; compile {compile_s:.0f} s" if compile_s is not None else "") + f"  [measured:{device.type}]",
+              flush=True)
+        del dense, dense_opt, cands
+    summary = summarize(results, args.rounds)
+    tag = f"[measured:{device.type}{'+bf16' if args.bf16 else ''}]"
+    names = {"ratio": "supernet/dense (eager)", "ratio_compiled": "supernet/dense compiled",
+             "ratio_before": "supernet before/dense (eager)", "compiled_speedup": "dense compiled/dense eager"}
+    for key, s in summary.items():
+        print(f"{names[key]}: geometric mean {s['geomean']:.3f} over {s['configs']} configs (rounds "
+              f"{s['spread'][0]:.3f}-{s['spread'][1]:.3f}) {tag}")
+    if "ratio" in summary:
+        print(f"goal supernet/dense >= 0.95: {'met' if summary['ratio']['geomean'] >= 0.95 else 'not met'}"
+              + (f"; moonshot supernet/dense compiled >= 0.9: "
+                 f"{'met' if summary['ratio_compiled']['geomean'] >= 0.9 else 'not met'}"
+                 if "ratio_compiled" in summary else ""))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": str(device), "bf16": args.bf16, "rows": results, "ratio_geomean": geo}, f, indent=1)
+        write_json(args.json, head, device, gpu, args, results, summary)
     return 0
+
+
+def summarize(results, rounds):
+    """Geometric mean over configs of each ratio, and its spread over rounds (each round's geometric mean)."""
+    summary = {}
+    for key in ("ratio", "ratio_compiled", "ratio_before", "compiled_speedup"):
+        rows = [r for r in results if key in r]
+        if not rows:
+            continue
+        per_round = [geomean([r[key + "_rounds"][i] for r in rows]) for i in range(rounds)]
+        summary[key] = {"geomean": geomean([r[key] for r in rows]), "configs": len(rows),
+                        "round_geomeans": per_round, "spread": [min(per_round), max(per_round)]}
+    return summary
+
+
+def write_json(path, head, device, gpu, args, results, summary):
+    with open(path, "w") as f:
+        json.dump({"header": head, "device": str(device), "gpu": gpu, "torch": torch.__version__, "bf16": args.bf16,
+                   "adam": args.adam, "space": args.space, "vocab": args.vocab, "tokens": args.tokens,
+                   "rounds": args.rounds, "steps": args.steps, "rows": results, "summary": summary}, f, indent=1)
 
 
 if __name__ == "__main__":

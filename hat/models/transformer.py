@@ -52,12 +52,27 @@ class ModelOptions:
         return dataclasses.asdict(self)
 
 
-def _additive_ok(allowed: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """bool 'may attend' mask -> additive float mask (0 / -inf) of the model's dtype."""
+def _additive_pad(blocked: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """bool 'may not attend' mask (e.g. the padding mask) -> additive float mask (0 / -inf).
+
+    The mask is the first columns of a buffer whose rows are a multiple of 16 long: SDPA's memory-efficient kernel
+    wants aligned rows and would otherwise pad a copy of the mask in every attention call."""
     dtype = dtype or torch.get_default_dtype()
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-        ~allowed, float("-inf")
-    )
+    s = blocked.size(-1)
+    buf = torch.zeros(blocked.shape[:-1] + (-(-s // 16) * 16,), dtype=dtype, device=blocked.device)
+    return buf[..., :s].masked_fill_(blocked, float("-inf"))
+
+
+def _attention_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype attention runs in: autocast's on ``x``'s device when autocast is on there, else ``x``'s. A mask
+    made in it is not cast again by every attention call (0 and -inf are exact in every float dtype)."""
+    device = x.device.type
+    try:
+        if torch.is_autocast_enabled(device):
+            return torch.get_autocast_dtype(device)
+    except RuntimeError:  # a device type autocast does not know (meta)
+        pass
+    return x.dtype
 
 
 class EncoderLayer(nn.Module):
@@ -142,14 +157,16 @@ class DecoderLayer(nn.Module):
         x = self._block(x, self.encoder_attn_layer_norm, encoder_attn)
         return self._block(x, self.final_layer_norm, self._ffn)
 
-    def forward(self, x, self_mask, enc, enc_mask, cache: Optional[Dict[str, Dict[str, torch.Tensor]]] = None):
+    def forward(self, x, self_mask, enc, enc_mask, cache: Optional[Dict[str, Dict[str, torch.Tensor]]] = None,
+                causal: bool = False):
+        """``causal`` with no ``self_mask``: causal self-attention over the whole ``x`` (training, scoring)."""
         self_cache = enc_cache = None
         if cache is not None:
             self_cache = cache.setdefault("self", {})
             enc_cache = cache.setdefault("ende", {})
         return self.blocks(
             x,
-            lambda h: self.self_attn(h, attn_mask=self_mask, cache=self_cache),
+            lambda h: self.self_attn(h, attn_mask=self_mask, cache=self_cache, is_causal=causal),
             lambda h: self.encoder_attn(h, enc, attn_mask=enc_mask, cache=enc_cache, static_kv=True),
         )
 
@@ -201,7 +218,7 @@ class TransformerEncoder(_Stack):
         x = emb + self.embed_positions(src_tokens, self.sample_dim, positions, dtype=emb.dtype)
         x = F.dropout(x, self.opt.dropout, self.training)
         padding_mask = src_tokens.eq(self.opt.padding_idx)
-        attn_mask = _additive_ok(~padding_mask[:, None, None, :], x.dtype)
+        attn_mask = _additive_pad(padding_mask[:, None, None, :], _attention_dtype(x))
         return {"states": self.run_layers(x, attn_mask), "padding_mask": padding_mask}
 
     def run_layers(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor]) -> List[torch.Tensor]:
@@ -235,8 +252,6 @@ class TransformerDecoder(_Stack):
         else:
             self.output_projection = ElasticLinear(cfg.decoder_embed_dim, opt.tgt_vocab, bias=False)
             nn.init.normal_(self.output_projection.weight, mean=0, std=cfg.decoder_embed_dim**-0.5)
-        allowed = torch.tril(torch.ones(opt.max_target_positions, opt.max_target_positions, dtype=torch.bool))
-        self.register_buffer("causal_mask", _additive_ok(allowed), persistent=False)
         self.sample_dim, self.sample_layers = cfg.decoder_embed_dim, cfg.decoder_layer_num
         self.arbitrary_ende_attn = tuple(cfg.decoder_arbitrary_ende_attn)
 
@@ -301,17 +316,17 @@ class TransformerDecoder(_Stack):
         emb = self.scaled_embedding(prev_tokens)
         x = emb + self.embed_positions(prev_tokens, self.sample_dim, positions, dtype=emb.dtype)
         x = F.dropout(x, self.opt.dropout, self.training)
-        t = x.size(1)
-        self_mask = None if cache is not None else self.causal_mask[:t, :t].to(x.dtype)
         masks = {}
+        dtype = _attention_dtype(x)
         for i in range(self.sample_layers):
             k = self.ende_layers(i)
             if k not in masks:
                 feed, pad = self.encoder_inputs(enc, i)
-                masks[k] = (feed, _additive_ok(~pad[:, None, None, :], x.dtype))
+                masks[k] = (feed, _additive_pad(pad[:, None, None, :], dtype))
             feed, enc_mask = masks[k]
             layer_cache = None if cache is None else cache.setdefault(i, {})
-            x = self.layers[i](x, self_mask, feed, enc_mask, layer_cache)
+            # the whole prefix: causal self-attention (SDPA's own causal kernels, no mask tensor)
+            x = self.layers[i](x, None, feed, enc_mask, layer_cache, causal=cache is None)
         if features_only:
             return x if self.layer_norm is None else self.layer_norm(x)
         return self.head(x)

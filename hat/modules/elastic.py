@@ -28,9 +28,14 @@ class ElasticLinear(nn.Linear):
         self.sample_in, self.sample_out = in_dim, out_dim
 
     def sliced_weight(self) -> torch.Tensor:
-        if self.sample_in == self.in_features and self.sample_out == self.out_features:
-            return self.weight
-        return self.weight[: self.sample_out, : self.sample_in]
+        o, i = self.sample_out, self.sample_in
+        if i == self.in_features:
+            return self.weight if o == self.out_features else self.weight[:o]
+        if o == self.out_features:
+            return self.weight[:, :i]
+        # both axes cut: one strided view (one autograd node: its backward writes the full-size gradient with one
+        # zero fill and one copy, where two chained slices would make two of each)
+        return self.weight.as_strided((o, i), self.weight.stride())
 
     def sliced_bias(self) -> Optional[torch.Tensor]:
         if self.bias is None or self.sample_out == self.out_features:
@@ -61,7 +66,11 @@ class ElasticEmbedding(nn.Embedding):
         return self.weight if dim == self.embedding_dim else self.weight[:, :dim]
 
     def forward(self, tokens: torch.Tensor, dim: Optional[int] = None) -> torch.Tensor:
-        return F.embedding(tokens, self.sliced_weight(dim), self.padding_idx)
+        dim = self.sample_dim if dim is None else dim
+        out = F.embedding(tokens, self.weight, self.padding_idx)
+        # the lookup's columns cut after the lookup (the same values): the backward scatters straight into the
+        # full-width gradient instead of building a sampled-width one and copying it into a zero-filled full one
+        return out if dim == self.embedding_dim else out[..., :dim]
 
 
 class ElasticLayerNorm(nn.LayerNorm):
@@ -76,6 +85,8 @@ class ElasticLayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.sample_dim
+        if d == self.normalized_shape[0]:  # no slices: no slice gradients to build
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return F.layer_norm(x, (d,), self.weight[:d], self.bias[:d], self.eps)
 
 
@@ -149,6 +160,9 @@ class ElasticSinusoidalPositions(nn.Module):
         if t > self.max_positions:
             raise ValueError(f"sequence of {t} tokens exceeds max positions {self.max_positions}")
         mask = tokens.ne(self.padding_idx)
+        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            # eager (training): the same integers with fewer kernels; graphs keep the CumSum-free matrix product
+            return torch.cumsum(mask, 1) * mask + self.padding_idx
         upper = self.upper[:t, :t].float()  # counted in fp32 even in an fp16 model (exact integers)
         counts = torch.matmul(mask.float(), upper)  # inclusive count of non-pads
         return (counts.long() * mask.long()) + self.padding_idx
@@ -158,6 +172,24 @@ class ElasticSinusoidalPositions(nn.Module):
         if positions is None:
             positions = self.positions(tokens)
         return F.embedding(positions, self.table(dim, tokens.device, dtype or torch.get_default_dtype()))
+
+
+def attention(q, k, v, attn_mask: Optional[torch.Tensor], dropout_p: float, is_causal: bool) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` without its cuDNN backend on CUDA (flash, memory-efficient or math pick).
+
+    cuDNN attention, which recent PyTorch tries first on Hopper, builds an execution graph for every new problem shape
+    (0.64 s per masked forward + backward on an H200 with PyTorch 2.11, against 0.5 ms for the others: see
+    benchmarks/README.md), and a SuperTransformer's shapes change with every batch (lengths) and every sampled
+    SubTransformer (heads, head dim); incremental decoding grows the key length every step. The switch is
+    process-wide, so it is put back right after the call."""
+    if q.is_cuda and torch.backends.cuda.cudnn_sdp_enabled():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        try:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                                  is_causal=is_causal)
+        finally:
+            torch.backends.cuda.enable_cudnn_sdp(True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
 
 
 class ElasticMultiheadAttention(nn.Module):
@@ -194,9 +226,17 @@ class ElasticMultiheadAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.heads, self.qkv_dim // self.heads).transpose(1, 2)
 
+    def _packed(self, x: torch.Tensor, projs: Tuple[ElasticLinear, ...]) -> Tuple[torch.Tensor, ...]:
+        """Several projections of one input as one GEMM over their (sampled) weights stacked by rows: the same
+        values as each projection alone, with fewer kernels forward and backward."""
+        w = torch.cat([p.sliced_weight() for p in projs])
+        b = torch.cat([p.sliced_bias() for p in projs])
+        return F.linear(x, w, b).split(self.qkv_dim, dim=-1)
+
     def project_kv(self, kv: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Keys and values split into heads: (B, H, S, head_dim) each."""
-        return self._split(self.k_proj(kv)), self._split(self.v_proj(kv))
+        k, v = self._packed(kv, (self.k_proj, self.v_proj))
+        return self._split(k), self._split(v)
 
     def forward(
         self,
@@ -205,24 +245,28 @@ class ElasticMultiheadAttention(nn.Module):
         attn_mask: Optional[torch.Tensor] = None,
         cache: Optional[Dict[str, torch.Tensor]] = None,
         static_kv: bool = False,
+        is_causal: bool = False,
     ) -> torch.Tensor:
-        """``attn_mask`` is additive (0 / -inf), broadcastable to (B, H, T, S).
+        """``attn_mask`` is additive (0 / -inf), broadcastable to (B, H, T, S); ``is_causal`` (no ``attn_mask``):
+        position i attends to positions <= i (query and key length equal).
 
         ``cache`` (incremental decoding): for self-attention the new keys/values are appended to ``cache['k']``/
         ``cache['v']``; for encoder-decoder attention (``static_kv``) they are computed once and reused.
         """
-        q = self._split(self.q_proj(query))
         if cache is not None and static_kv and "k" in cache:
+            q = self._split(self.q_proj(query))
             k, v = cache["k"], cache["v"]
         else:
-            k, v = self.project_kv(query if kv is None else kv)
+            if kv is None:  # self-attention: queries, keys and values from one GEMM
+                q, k, v = (self._split(t) for t in self._packed(query, (self.q_proj, self.k_proj, self.v_proj)))
+            else:
+                q = self._split(self.q_proj(query))
+                k, v = self.project_kv(kv)
             if cache is not None:
                 if not static_kv and "k" in cache:
                     k = torch.cat([cache["k"], k], dim=2)
                     v = torch.cat([cache["v"], v], dim=2)
                 cache["k"], cache["v"] = k, v
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        out = attention(q, k, v, attn_mask, self.dropout if self.training else 0.0, is_causal and attn_mask is None)
         b, h, t, hd = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, h * hd))
