@@ -11,10 +11,15 @@ this shared machine):
 
 Variants: ``after`` is the code as it is; ``before`` is the committed graphs of ``--before-rev`` (hat/export/graphs.py
 read with ``git show``) without the export's tidy pass (Constant/Identity removal), i.e. what convert2onnx exported
-at that revision. Printed per config: graph nodes (encoder, decoder) and CPU seconds (user + system of this process
-AND its children, i.e. core-seconds) and wall seconds of export and build. The goal is <= 3 CPU-seconds per config
-(export + build). One-time costs (imports, the toolkit's first build) are excluded by a warm-up config that is not
-counted. torch runs single-threaded.
+at that revision; ``prev`` is the current graphs exported and built by hat/export/onnx.py and hat/export/rknn.py as
+committed at ``--code-rev`` (read with ``git show``): the same graphs and .rknn models as ``after``, so ``prev`` vs
+``after`` is what the export and build code's own work costs (issue 14 item 5: one write of each graph instead of
+two, checks on the bytes in memory, the toolkit's repeat of onnx.checker skipped, its progress bars really off).
+Printed per config: graph nodes (encoder, decoder) and CPU seconds (user + system of this process AND its children,
+i.e. core-seconds) and wall seconds of export and build. The goal is <= 3 CPU-seconds per config (export + build).
+One-time costs (imports, the toolkit's first build) are excluded by a warm-up config that is not counted. torch runs
+single-threaded; the cores this process may run on are printed (``taskset -c 0`` leaves it one, the pooled bundle's
+processes included).
 
 Then ``--bundle N`` configs go through latency_dataset.py's npu bundle (:func:`hat.latency.npu_bundle.make_bundle`)
 with ``lat-workers`` 1 and ``--workers`` W (a pool of processes): wall and CPU seconds of each, and whether
@@ -22,7 +27,24 @@ the two manifests list the same SubTransformers in the same order with the same 
 
     python benchmarks/export_build_time.py [--space configs/demo.de-en/supertransformer/space0.yml] [--configs 4]
         [--bundle 4 --workers 2] [--src-len 32] [--tgt-len 32] [--beam 4] [--target-platform rk3588] [--seed 1]
-        [--before-rev a48455b] [--json PATH]
+        [--before-rev a48455b] [--code-rev 0ed3917] [--json PATH]
+
+``--phases`` times where the build's CPU time goes instead, for ``--configs`` sampled SubTransformers (+ a warm-up
+one) exported and built by the current code: rknn-toolkit2's top-level passes (wrapped, their code unchanged;
+process CPU seconds, inclusive, during the builds only), with two parts of them: its per-output-channel value-range
+loop (``sparse_weight._range_channel``, inside ``sparse_weight``) and the onnxruntime sessions it creates to
+evaluate single nodes (inside ``fold_constant``).
+
+``--equivalence N`` times nothing: it checks that the current export and build code writes the same graphs and the
+same .rknn models as that of ``--code-rev`` for N sampled SubTransformers. Three fresh processes export and build
+them into three folders, two with the ``--code-rev`` code (A, A2) and one with the current code (B), each with
+glibc's ``MALLOC_PERTURB_`` set and address-space randomisation off (``setarch -R``): rknn-toolkit2 writes some
+uninitialised memory and some of its own heap addresses into a .rknn, different on every build; with a constant
+fill and fixed addresses two builds of the same graph are byte-identical or differ only in such addresses (where the
+heap's layout differs: the old code's progress bars format timings, other code allocates differently before the
+toolkit runs). Checked: every .onnx and its sidecar identical in A, A2 and B; every .rknn of A2 and B the size of
+A's and equal to it but for 32-bit words that hold a heap address (or half of one) in both; the build summaries
+equal but for build time and the .rknn's sha256; the toolkit's logs equal but for timestamps and progress bars.
 """
 from __future__ import annotations
 
@@ -48,6 +70,7 @@ from hat.config import load_yaml  # noqa: E402
 from hat.space import SearchSpace  # noqa: E402
 
 BEFORE_REV = "a48455bb14c3b2fb8399a014a5b9e5868df64f32"  # the graphs before issue 14 (6.3-7.7 CPU-s per config)
+CODE_REV = "0ed39177c359a41751c80c981c3dcdd76a894f65"  # the export/build code before issue 14 item 5 (graphs v2)
 
 
 def vocab_size(data_dir: str, default: int = 8000) -> int:
@@ -76,6 +99,19 @@ def committed_graphs(rev: str) -> types.ModuleType:
                          check=True).stdout
     mod = types.ModuleType("hat_export_graphs_before")
     mod.__file__ = f"{rev}:hat/export/graphs.py"
+    exec(compile(src, mod.__file__, "exec"), mod.__dict__)
+    return mod
+
+
+def committed_module(rev: str, path: str) -> types.ModuleType:
+    """``path`` (a module of this repository) as committed at ``rev``, as a module of its own (its imports of other
+    hat modules get the current ones)."""
+    src = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    name = f"{path[:-3].replace('/', '_')}_at_{rev[:12]}"
+    mod = types.ModuleType(name)
+    mod.__file__ = f"{rev}:{path}"
+    sys.modules[name] = mod  # dataclasses look their module up
     exec(compile(src, mod.__file__, "exec"), mod.__dict__)
     return mod
 
@@ -135,6 +171,233 @@ def comparable(manifest: dict) -> list:
     return out
 
 
+def sample_configs(args, space):
+    rng = random.Random(args.seed)
+    return [space.sample(rng) for _ in range(args.configs + 1)]
+
+
+def build_worker(args) -> int:
+    """``--worker prev|after --out DIR``: export + build the sampled SubTransformers (warm-up one included) into
+    DIR with the code of ``--code-rev`` (prev) or the current code (after); for :func:`equivalence`."""
+    import torch
+
+    from hat.models import ModelOptions, SuperTransformer
+
+    os.chdir(ROOT)
+    if args.worker == "prev":
+        export_onnx = committed_module(args.code_rev, "hat/export/onnx.py")
+        export_rknn = committed_module(args.code_rev, "hat/export/rknn.py")
+    else:
+        from hat.export import onnx as export_onnx, rknn as export_rknn
+    torch.manual_seed(args.seed)
+    space = SearchSpace.from_dict(load_yaml(args.space), source=args.space)
+    v = vocab_size(args.data)
+    sup = SuperTransformer(space.super_config(), ModelOptions(v, v, share_all_embeddings=True)).eval()
+    s = export_onnx.ExportSettings(batch_size=1, src_len=args.src_len, tgt_len=args.tgt_len, beam=args.beam)
+    with export_onnx.torch_threads(1):
+        for i, cfg in enumerate(sample_configs(args, space)):
+            export_onnx.export_model(sup.extract(cfg).eval(), args.out, f"c{i}", s, log=lambda *a: None)
+            for part in ("enc", "dec"):
+                export_rknn.build_part(args.out, f"c{i}", part, args.target_platform, "fp16", args.out,
+                                       log=lambda *a: None)
+    return 0
+
+
+def heap_word(w: int) -> bool:
+    """A 32-bit word of a heap address with ASLR off (the heap then starts at 0x5555_5555_4000): its high half or
+    its low half."""
+    return w == 0x5555 or 0x50000000 <= w < 0x70000000
+
+
+def same_log(a: str, b: str) -> bool:
+    import re
+
+    def lines(path):
+        with open(path, errors="replace") as f:
+            text = f.read()
+        text = re.sub(r"\r?[^\n\r]*\d+%\|[^\n\r]*", "", text)  # tqdm bars (drawn by 'prev' only)
+        text = re.sub(r"\d\d:\d\d:\d\d\.\d+", "T", text)
+        return [ln for ln in text.splitlines() if ln.strip()]
+
+    return lines(a) == lines(b)
+
+
+PHASES = (  # (label, module of rknn.api, class or None, attribute)
+    ("load_onnx", "rknn_base", "RKNNBase", "load_onnx"),
+    ("base_optimize", "graph_optimizer", "GraphOptimizer", "base_optimize"),
+    ("fold_constant", "graph_optimizer", "GraphOptimizer", "fold_constant"),
+    ("correct_ops", "graph_optimizer", "GraphOptimizer", "correct_ops"),
+    ("fuse_ops", "graph_optimizer", "GraphOptimizer", "fuse_ops"),
+    ("sparse_weight", "graph_optimizer", "GraphOptimizer", "sparse_weight"),
+    ("  of which the per-channel range loop", "sparse_weight", None, "_range_channel"),
+    ("recover_const_share", "rknn_base", "RKNNBase", "_recover_const_share"),
+    ("librknnc compile", "rknn_compiler", "RKNNCompiler", "build"),
+    ("export_rknn", "rknn_base", "RKNNBase", "export_rknn"),
+)
+
+
+def phases(args) -> int:
+    import functools
+    import importlib
+    from collections import defaultdict
+
+    import onnxruntime
+    import torch
+
+    from hat.export.onnx import ExportSettings, export_model, torch_threads
+    from hat.export.rknn import build_part, require_rknn, toolkit_version
+    from hat.models import ModelOptions, SuperTransformer
+
+    require_rknn()
+    os.chdir(ROOT)
+    spent = defaultdict(float)
+    calls = defaultdict(int)
+    building = [False]  # the export's own onnxruntime session (parity) is not the build's
+
+    def wrap(label, owner, attr):
+        fn = getattr(owner, attr)
+
+        @functools.wraps(fn)
+        def timed_call(*a, **k):
+            t = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                if building[0]:
+                    spent[label] += time.process_time() - t
+                    calls[label] += 1
+
+        setattr(owner, attr, timed_call)
+
+    for label, module, cls, attr in PHASES:
+        mod = importlib.import_module(f"rknn.api.{module}")
+        wrap(label, getattr(mod, cls) if cls else mod, attr)
+    wrap("  of which onnxruntime sessions (create)", onnxruntime.InferenceSession, "__init__")
+    wrap("  of which onnxruntime sessions (run)", onnxruntime.InferenceSession, "run")
+    torch.manual_seed(args.seed)
+    space = SearchSpace.from_dict(load_yaml(args.space), source=args.space)
+    v = vocab_size(args.data)
+    sup = SuperTransformer(space.super_config(), ModelOptions(v, v, share_all_embeddings=True)).eval()
+    s = ExportSettings(batch_size=1, src_len=args.src_len, tgt_len=args.tgt_len, beam=args.beam)
+    work = tempfile.mkdtemp(prefix="hat-export-phases-")
+    builds = {"enc": 0.0, "dec": 0.0}
+    load0 = os.getloadavg()[0]
+    try:
+        with torch_threads(1):
+            for i, cfg in enumerate(sample_configs(args, space)):
+                export_model(sup.extract(cfg).eval(), work, f"c{i}", s, log=lambda *a: None)
+                if i == 0:  # warm-up
+                    for part in ("enc", "dec"):
+                        build_part(work, "c0", part, args.target_platform, "fp16", work, log=lambda *a: None)
+                    continue
+                for part in ("enc", "dec"):
+                    t = time.process_time()
+                    building[0] = True
+                    try:
+                        build_part(work, f"c{i}", part, args.target_platform, "fp16", work, log=lambda *a: None)
+                    finally:
+                        building[0] = False
+                    builds[part] += time.process_time() - t
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    n, total = args.configs, builds["enc"] + builds["dec"]
+    print(f"rknn-toolkit2 {toolkit_version()}, {args.target_platform} fp16, {n} SubTransformers of {args.space} "
+          f"(seed {args.seed}), the current export/build code; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; "
+          f"process CPU seconds (the toolkit runs in this process)")
+    print(f"build per config (encoder + decoder, build_part): {total / n:.2f} cpu-s (encoder {builds['enc'] / n:.2f}, "
+          f"decoder {builds['dec'] / n:.2f}) [measured]")
+    labels = [p[0] for p in PHASES]
+    labels[labels.index("fold_constant") + 1:labels.index("fold_constant") + 1] = [
+        "  of which onnxruntime sessions (create)", "  of which onnxruntime sessions (run)"]
+    for label in labels:
+        print(f"| {label:42s} {spent[label] / n:6.3f} cpu-s per config ({100 * spent[label] / total:4.1f} % of the "
+              f"build; {calls[label] / n:.0f} calls) [measured]")
+    inside = sum(spent[p[0]] for p in PHASES if not p[0].startswith(" "))
+    print(f"| {'rest (toolkit between its passes, our checks)':42s} {(total - inside) / n:6.3f} cpu-s per config "
+          f"({100 * (total - inside) / total:4.1f} % of the build) [measured]")
+    return 0
+
+
+def equivalence(args) -> int:
+    import numpy as np
+
+    base = tempfile.mkdtemp(prefix="hat-export-equiv-")
+    env = dict(os.environ, MALLOC_PERTURB_="165", PYTHONHASHSEED="0", PYTHONWARNINGS="ignore")
+    setarch = shutil.which("setarch")
+    if not setarch:
+        print("setarch (util-linux) not found: ASLR cannot be turned off for the builds; nothing checked")
+        return 2
+    dirs = {}
+    try:
+        for tag, worker in (("A", "prev"), ("A2", "prev"), ("B", "after")):
+            d = dirs[tag] = os.path.join(base, tag)
+            cmd = [setarch, platform.machine(), "-R", sys.executable, os.path.abspath(__file__), "--worker", worker,
+                   "--out", d, "--configs", str(args.equivalence), "--space", args.space, "--data", args.data,
+                   "--src-len", str(args.src_len), "--tgt-len", str(args.tgt_len), "--beam", str(args.beam),
+                   "--target-platform", args.target_platform, "--seed", str(args.seed), "--code-rev", args.code_rev]
+            w = time.perf_counter()
+            subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            print(f"| {tag}: export + build of {args.equivalence + 1} SubTransformers with the "
+                  f"{'code of ' + args.code_rev[:12] if worker == 'prev' else 'current code'} "
+                  f"({time.perf_counter() - w:.0f} s)", flush=True)
+        ok = True
+        for f in sorted(os.listdir(dirs["A"])):
+            paths = {t: os.path.join(d, f) for t, d in dirs.items()}
+            if not os.path.isfile(paths["B"]):
+                print(f"{f}: missing in B"); ok = False
+                continue
+            if f.endswith((".onnx", ".rknn")):
+                data = {}
+                for t, p in paths.items():
+                    with open(p, "rb") as fh:
+                        data[t] = fh.read()
+            if f.endswith(".onnx"):
+                good = data["A"] == data["B"] == data["A2"]
+                print(f"{f:32s} graph identical (A, A2, B): {good}")
+            elif f.endswith(".rknn"):
+                a = data["A"]
+                if len({len(x) for x in data.values()}) > 1:
+                    print(f"{f:32s} size differs: {[len(x) for x in data.values()]} B")
+                    ok = False
+                    continue
+                n = len(a) // 4 * 4
+                wa = np.frombuffer(a[:n], "<u4")
+                said, good = [], True
+                for t in ("A2", "B"):
+                    wt = np.frombuffer(data[t][:n], "<u4")
+                    diff = np.nonzero(wa != wt)[0]
+                    other = [i for i in diff if not (heap_word(int(wa[i])) and heap_word(int(wt[i])))]
+                    good &= not other and a[n:] == data[t][n:]
+                    what = ("identical" if not len(diff) else
+                            f"{len(diff)} words differ (bytes {4 * diff[0]}-{4 * diff[-1] + 3}), " +
+                            ("all heap addresses in both" if not other else "NOT only heap addresses"))
+                    said.append(f"{t} vs A: {what}")
+                print(f"{f:32s} {len(a):8d} B; {'; '.join(said)}")
+            elif f.endswith(".json"):
+                js = {}
+                for t, p in paths.items():
+                    with open(p) as fh:
+                        js[t] = json.load(fh)
+                summary = f.count(".") > 1  # NAME_part.platform.precision.json, not the sidecar NAME_part.json
+                if summary:
+                    for j in js.values():
+                        j.pop("build_seconds", None)
+                        j.pop("sha256", None)
+                good = js["A"] == js["B"] == js["A2"]
+                print(f"{f:32s} {'build summary (time, sha256 aside)' if summary else 'sidecar'} equal: {good}")
+            elif f.endswith(".log"):
+                good = same_log(paths["A"], paths["B"])
+                print(f"{f:32s} toolkit log equal (timestamps, progress bars aside): {good}")
+            else:
+                continue
+            ok &= good
+        print(f"equivalence over {args.equivalence + 1} SubTransformers: "
+              f"{'the same graphs and models' if ok else 'DIFFERENCES (see above)'}")
+        return 0 if ok else 1
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--space", default="configs/demo.de-en/supertransformer/space0.yml")
@@ -148,8 +411,23 @@ def main() -> int:
     ap.add_argument("--target-platform", default="rk3588")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--before-rev", default=BEFORE_REV, help="git revision whose graphs are 'before' ('' to skip)")
+    ap.add_argument("--code-rev", default=CODE_REV,
+                    help="git revision whose hat/export/onnx.py and rknn.py export and build 'prev' ('' to skip)")
     ap.add_argument("--json", help="also write the raw per-config figures here")
+    ap.add_argument("--equivalence", type=int, default=0, metavar="N",
+                    help="time nothing: check that the current code writes the graphs and models of --code-rev's "
+                         "for N sampled SubTransformers (+ the warm-up one)")
+    ap.add_argument("--phases", action="store_true",
+                    help="time nothing else: where the build's CPU time goes (rknn-toolkit2's passes) over --configs")
+    ap.add_argument("--worker", choices=("prev", "after"), help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        return build_worker(args)
+    if args.equivalence:
+        return equivalence(args)
+    if args.phases:
+        return phases(args)
 
     import torch
 
@@ -166,10 +444,16 @@ def main() -> int:
     opt = ModelOptions(v, v, share_all_embeddings=True)
     sup = SuperTransformer(space.super_config(), opt).eval()
     rng = random.Random(args.seed)
-    cfgs = [space.sample(rng) for _ in range(args.configs + 1)]
+    cfgs = [space.sample(rng) for _ in range(args.configs + 1)]  # as sample_configs; rng goes on for the bundle
     s = ExportSettings(batch_size=1, src_len=args.src_len, tgt_len=args.tgt_len, beam=args.beam)
-    variants = ["before", "after"] if args.before_rev else ["after"]
+    variants = (["before"] if args.before_rev else []) + (["prev"] if args.code_rev else []) + ["after"]
     switch = Variants(args.before_rev) if args.before_rev else None
+    # export_model / build_part per variant: 'prev' those committed at --code-rev, the others the current ones
+    steps = {variant: (export_model, build_part) for variant in variants}
+    if args.code_rev:
+        old_onnx = committed_module(args.code_rev, "hat/export/onnx.py")
+        old_rknn = committed_module(args.code_rev, "hat/export/rknn.py")
+        steps["prev"] = (old_onnx.export_model, old_rknn.build_part)
     quiet = lambda *a: None  # noqa: E731
     work = tempfile.mkdtemp(prefix="hat-export-bench-")
     rows = {name: [] for name in variants}
@@ -178,12 +462,13 @@ def main() -> int:
         with torch_threads(1):
             for i, cfg in enumerate(cfgs):
                 sub = sup.extract(cfg).eval()
-                for variant in (variants if i % 2 else variants[::-1]):  # alternate which variant goes first
+                for variant in (variants if i % 2 else variants[::-1]):  # alternate the order of the variants
                     if switch:
-                        switch.use(variant)
+                        switch.use("before" if variant == "before" else "after")
+                    export, build = steps[variant]
                     name = f"{variant}{i}"
-                    e = timed(lambda: export_model(sub, work, name, s, log=quiet))
-                    b = timed(lambda: [build_part(work, name, part, args.target_platform, "fp16", work, log=quiet)
+                    e = timed(lambda: export(sub, work, name, s, log=quiet))
+                    b = timed(lambda: [build(work, name, part, args.target_platform, "fp16", work, log=quiet)
                                        for part in ("enc", "dec")])
                     n = {p: nodes(os.path.join(work, f"{name}_{p}.onnx")) for p in ("enc", "dec")}
                     label = (f"{variant:6s} {cfg.key()}  enc {cfg.encoder_embed_dim}x{cfg.encoder_layer_num} dec "
@@ -215,10 +500,12 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     load1 = os.getloadavg()[0]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
-          f"{load0:.1f} at start, {load1:.1f} at end; torch {torch.__version__} (1 thread), rknn-toolkit2 "
-          f"{toolkit_version()}; batch 1, beam {args.beam}, src-len {args.src_len}, tgt-len {args.tgt_len}, "
-          f"{args.target_platform} fp16; random weights, vocab {v}; 'before' = graphs of {args.before_rev[:12] or '-'}")
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores ({usable} usable by this "
+          f"process and its children), load average {load0:.1f} at start, {load1:.1f} at end; torch "
+          f"{torch.__version__} (1 thread), rknn-toolkit2 {toolkit_version()}; batch 1, beam {args.beam}, src-len "
+          f"{args.src_len}, tgt-len {args.tgt_len}, {args.target_platform} fp16; random weights, vocab {v}; 'before' = "
+          f"graphs of {args.before_rev[:12] or '-'}; 'prev' = export/build code of {args.code_rev[:12] or '-'}")
     summary = {}
     for variant in variants:
         r = rows[variant]
@@ -235,9 +522,12 @@ def main() -> int:
               f"rknn build {mean('build_cpu_s'):.2f} cpu-s ({mean('build_wall_s'):.2f} s) = "
               f"{statistics.mean(total):.2f} cpu-s (per config {spread(total)}), "
               f"{summary[variant]['total_wall_s']:.2f} s wall [measured]")
+    def total(x):
+        return x["export_cpu_s"] + x["build_cpu_s"]
+
     if "before" in rows and rows["before"]:
         b, a = rows["before"], rows["after"]
-        ratios = [(x["export_cpu_s"] + x["build_cpu_s"]) / (y["export_cpu_s"] + y["build_cpu_s"]) for x, y in zip(b, a)]
+        ratios = [total(x) / total(y) for x, y in zip(b, a)]
 
         def per_layer(variant, part):
             return summary[variant][f"nodes_{part}"] / statistics.mean(x[f"{part}_layers"] for x in rows[variant])
@@ -245,6 +535,15 @@ def main() -> int:
         print(f"before/after cpu-s per config: {statistics.mean(ratios):.2f}x (per config {spread(ratios)}); nodes "
               f"per layer (enc, dec): before {per_layer('before', 'enc'):.1f}, {per_layer('before', 'dec'):.1f}; after "
               f"{per_layer('after', 'enc'):.1f}, {per_layer('after', 'dec'):.1f} (graph nodes / layers)")
+    if "prev" in rows and rows["prev"]:
+        p, a = rows["prev"], rows["after"]
+        d = [total(y) - total(x) for x, y in zip(p, a)]
+        de = [y["export_cpu_s"] - x["export_cpu_s"] for x, y in zip(p, a)]
+        db = [y["build_cpu_s"] - x["build_cpu_s"] for x, y in zip(p, a)]
+        print(f"after - prev cpu-s per config (same graphs and models, export/build code of {args.code_rev[:12]} vs "
+              f"now): export {statistics.mean(de):+.3f} (per config {min(de):+.2f} to {max(de):+.2f}), build "
+              f"{statistics.mean(db):+.3f} ({min(db):+.2f} to {max(db):+.2f}), total {statistics.mean(d):+.3f} "
+              f"({min(d):+.2f} to {max(d):+.2f}); {100 * statistics.mean(d) / summary['prev']['total_cpu_s']:+.1f} %")
     if "after" in summary:
         met = summary["after"]["total_cpu_s"] <= 3.0
         print(f"goal <= 3 cpu-s per config (export + build): {summary['after']['total_cpu_s']:.2f} -> "
@@ -258,7 +557,8 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "summary": summary, "bundle": bundle, "load_average": [load0, load1],
-                       "before_rev": args.before_rev}, f, indent=1)
+                       "before_rev": args.before_rev, "code_rev": args.code_rev, "cores_usable": usable,
+                       "cores": os.cpu_count()}, f, indent=1)
     return 0
 
 

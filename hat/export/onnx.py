@@ -93,11 +93,12 @@ def _dims(value_info) -> List[object]:
 
 
 def check_static(model, source: str = "graph") -> None:
-    """Every input, output and inferred intermediate tensor has a fully static shape."""
+    """Every input, output and inferred intermediate tensor has a fully static shape. The shape inference is strict
+    and checks types (what ``onnx.checker``'s full check runs), so :func:`check_graph` needs no second one."""
     import onnx
 
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as e:  # onnx raises InferenceError / ValidationError / RuntimeError depending on the cause
         raise ExportError(f"{source}: shape inference failed: {str(e).strip().splitlines()[0]}") from None
     g = inferred.graph
@@ -108,37 +109,61 @@ def check_static(model, source: str = "graph") -> None:
                 raise ExportError(f"{source}: {kind} '{vi.name}' has a dynamic shape {dims}")
 
 
+def _copy_fields(src, dst, skip: str) -> None:
+    """Every field of protobuf message ``src`` but ``skip`` into the empty message ``dst`` of the same type."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        if repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
 def shapes_only(model):
-    """A copy of ``model`` whose float weights are graph inputs of the same type and shape: all that shape inference
-    reads of them, in kilobytes instead of the weights' megabytes (onnx passes a model to its C++ side serialized)."""
+    """``model`` with its float weights as graph inputs of the same type and shape: all that shape inference reads of
+    them, in kilobytes instead of the weights' megabytes (onnx passes a model to its C++ side serialized). Built
+    field by field without the weights (a copy of the whole model would copy them once more)."""
     import onnx
     from onnx import TensorProto, helper
 
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    g = light.graph
     floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip="graph")
+    g, lg = model.graph, light.graph
+    _copy_fields(g, lg, skip="initializer")
     weights = [t for t in g.initializer if t.data_type in floats and len(t.dims) > 0]
-    keep = [t for t in g.initializer if not (t.data_type in floats and len(t.dims) > 0)]
-    g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in weights)
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    lg.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in weights)
+    lg.initializer.extend(t for t in g.initializer if not (t.data_type in floats and len(t.dims) > 0))
     return light
 
 
-def check_graph(path: str, source: str, model=None) -> Dict[str, int]:
-    """Op scan, onnx.checker (full: with strict shape inference), static shapes. ``model``: the graph at ``path``,
-    already loaded. Returns the op histogram."""
+def check_graph(path: str, source: str, model=None, data: Optional[bytes] = None) -> Dict[str, int]:
+    """Op scan, onnx.checker (full: its checks and strict, type-checking shape inference), static shapes.
+    ``model``: the graph at ``path``, already loaded; ``data``: the file's bytes, already in memory. Returns the op
+    histogram."""
     import onnx
 
-    model = onnx.load(path) if model is None else model
+    if model is None:
+        data = _read(path) if data is None else data
+        model = onnx.load_model_from_string(data)
     ops = scan_ops(model, source)
     try:
-        onnx.checker.check_model(path, full_check=True)  # read by onnx's C++ side from the file
+        # the checks of full_check=True but its shape inference, which check_static runs (strict, types checked)
+        # on the graph without its weights: the same inference, once
+        onnx.checker.check_model(data if data is not None else path, full_check=False)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"{source}: onnx.checker failed: {str(e).splitlines()[0]}") from None
     check_static(shapes_only(model), source)
     return ops
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 # ---- model selection --------------------------------------------------------------------------------------------------
@@ -318,40 +343,52 @@ def torch_outputs(module, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
 
 def _export_to(model, part: str, tmp: str, source: str, s: ExportSettings, log=print):
     """Trace one graph to the file ``tmp``, check it and compare onnxruntime with torch.
-    Returns (op histogram, parity max abs diff, simplifier used)."""
+    Returns (op histogram, parity max abs diff, simplifier used, sha256 of the file).
+
+    The graph is written once: traced into memory, tidied, serialized, and those bytes are what is written, hashed,
+    checked and run in onnxruntime (the same bytes as the file, not read back from it)."""
+    import io
+
     import onnx
     import torch
 
     module, (ins, outs) = _graph_module(model, part, s)
     feeds = sample_inputs(model, part, s)
     args = tuple(torch.from_numpy(a) for a in feeds.values())
+    traced = io.BytesIO()
     with torch.no_grad(), _static_attention_scale(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                module, args, tmp, input_names=[i["name"] for i in ins], output_names=[o["name"] for o in outs],
+                module, args, traced, input_names=[i["name"] for i in ins], output_names=[o["name"] for o in outs],
                 opset_version=s.opset, dynamo=False, do_constant_folding=True,
             )
         except Exception as e:  # an op without an ONNX symbolic at this opset, mostly
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ExportError(f"{source}: torch.onnx.export failed: {msg}") from None
-    graph = tidy(onnx.load(tmp))
-    onnx.save(graph, tmp)
+    graph = tidy(onnx.load_model_from_string(traced.getvalue()))
+    del traced
+    data = graph.SerializeToString()  # what onnx.save(graph, tmp) writes
+    with open(tmp, "wb") as f:
+        f.write(data)
     simplified = _simplify(tmp, log) if s.simplify == "auto" else None
-    ops = check_graph(tmp, source, None if simplified else graph)
-    got = ort_session(tmp).run(None, feeds)
+    if simplified:
+        data, graph = _read(tmp), None
+    ops = check_graph(tmp, source, graph, data)
+    del graph
+    got = ort_session(data).run(None, feeds)
     want = torch_outputs(module, feeds)
     diff = max(float(np.abs(a - b).max()) for a, b in zip(got, want))
     if not diff <= PARITY_ATOL:
         raise ExportError(f"{source}: onnxruntime differs from torch by {diff:.3g} > {PARITY_ATOL}")
-    return ops, diff, simplified
+    return ops, diff, simplified, hashlib.sha256(data).hexdigest()
 
 
 def export_part(model, part: str, path: str, s: ExportSettings, log=print) -> Tuple[Dict[str, int], float, Optional[str]]:
     """Trace one graph to ``path`` (via a temporary file), check it and compare onnxruntime with torch.
     Returns (op histogram, parity max abs diff, simplifier used)."""
     with atomic_output(path) as tmp:
-        return _export_to(model, part, tmp, os.path.basename(path), s, log)
+        return _export_to(model, part, tmp, os.path.basename(path), s, log)[:3]
 
 
 def weights_digest(model) -> str:
@@ -362,7 +399,7 @@ def weights_digest(model) -> str:
     for key, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the tensor's bytes, read in place (no copy)
     return h.hexdigest()
 
 
@@ -379,9 +416,9 @@ def export_id(model, s: ExportSettings) -> str:
 
 
 def sidecar(model, part: str, name: str, path: str, s: ExportSettings, ops, diff, checkpoint, simplified,
-            export_id: Optional[str] = None, onnx_file: Optional[str] = None) -> dict:
+            export_id: Optional[str] = None, onnx_file: Optional[str] = None, sha256: Optional[str] = None) -> dict:
     """The sidecar of graph ``path``; ``onnx_file`` is where the graph is now (a temporary name before it is moved
-    to ``path``), default ``path``."""
+    to ``path``), default ``path``; ``sha256``: that file's, when already known."""
     import onnx
     import torch
 
@@ -392,7 +429,7 @@ def sidecar(model, part: str, name: str, path: str, s: ExportSettings, ops, diff
         "name": name,
         "export_id": export_id,
         "onnx": os.path.basename(path),
-        "sha256": sha256_file(onnx_file or path),
+        "sha256": sha256 or sha256_file(onnx_file or path),
         "opset": s.opset,
         "checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
         "ops": ops,
@@ -471,9 +508,9 @@ def export_model(model, onnx_dir: str, name: str, s: ExportSettings, parts=("enc
         for part in parts:
             path = onnx_path(onnx_dir, name, part)
             tmp = stack.enter_context(atomic_output(path))
-            ops, diff, simplified = _export_to(model, part, tmp, os.path.basename(path), s, log)
+            ops, diff, simplified, sha = _export_to(model, part, tmp, os.path.basename(path), s, log)
             meta = sidecar(model, part, name, path, s, ops, diff, checkpoint, simplified, export_id=eid,
-                           onnx_file=tmp)
+                           onnx_file=tmp, sha256=sha)
             side = stack.enter_context(atomic_output(sidecar_path(onnx_dir, name, part)))
             with open(side, "w", encoding="utf-8") as f:
                 f.write(json.dumps(meta, indent=2) + "\n")

@@ -24,6 +24,7 @@ given in the sidecar; int64 inputs are token ids and positions (embedding gather
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -60,14 +61,60 @@ def toolkit_version() -> str:
 
 
 @contextlib.contextmanager
+def no_progress_bars():
+    """tqdm progress bars off: the toolkit's (loading, op fusing: hundreds of redraws per build, into the log) cost
+    CPU time even when nobody sees them. ``TQDM_DISABLE`` in the environment does not do it here: tqdm reads it
+    once, when it is imported (the toolkit imports it with itself); so for the duration the default of tqdm's
+    ``disable`` argument is True (a bar created with an explicit ``disable=`` keeps it). Only what is drawn
+    changes."""
+    try:
+        from tqdm.std import tqdm
+    except ImportError:  # no tqdm, no bars
+        tqdm = None
+    init = vars(tqdm).get("__init__") if tqdm is not None else None  # a function, or tqdm's partialmethod of TQDM_*
+    if init is None:
+        yield
+        return
+    tqdm.__init__ = functools.partialmethod(init, disable=True)
+    try:
+        yield
+    finally:
+        tqdm.__init__ = init
+
+
+@contextlib.contextmanager
+def checked_at_export():
+    """``onnx.checker.check_model`` skipped in this thread for the duration: rknn-toolkit2's ``load_onnx`` runs it on
+    the whole model (serialized again for onnx's C++ side), a part of the full check convert2onnx ran on the very same
+    bytes (:func:`build_part` compares their sha256 with the sidecar's first). A check only: it changes nothing of
+    the model when it passes. Other threads check as usual."""
+    import threading
+
+    import onnx.checker
+
+    check_model, me = onnx.checker.check_model, threading.get_ident()
+
+    @functools.wraps(check_model)
+    def checked(model, *args, **kwargs):
+        if threading.get_ident() == me:
+            return None
+        return check_model(model, *args, **kwargs)
+
+    onnx.checker.check_model = checked
+    try:
+        yield
+    finally:
+        onnx.checker.check_model = check_model
+
+
+@contextlib.contextmanager
 def quiet(log_path: str):
-    """Send everything the toolkit prints (Python and native, progress bars included) to ``log_path``."""
+    """Send everything the toolkit prints (Python and native) to ``log_path``, its progress bars off
+    (:func:`no_progress_bars`)."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    tqdm_env = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # the toolkit's progress bars cost time even when nobody sees them
-    with open(log_path, "ab") as log:
+    with open(log_path, "ab") as log, no_progress_bars():
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
@@ -79,10 +126,6 @@ def quiet(log_path: str):
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
-            if tqdm_env is None:
-                os.environ.pop("TQDM_DISABLE", None)
-            else:
-                os.environ["TQDM_DISABLE"] = tqdm_env
 
 
 def _last_error(log_path: str) -> str:
@@ -181,6 +224,11 @@ def compare(got: Sequence[np.ndarray], want: Sequence[np.ndarray], names: Sequen
     return out
 
 
+def _load_checked(rk, src: str):
+    with checked_at_export():  # src is the graph convert2onnx checked (sha256 compared with its sidecar)
+        return rk.load_onnx(model=src)
+
+
 def build_part(onnx_dir: str, name: str, part: str, platform: str, precision: str, rknn_dir: str,
                data_dir: Optional[str] = None, split: str = "valid", calib_size: int = 16, verify: bool = False,
                verify_samples: int = 4, src_lang=None, tgt_lang=None, log=print) -> dict:
@@ -243,7 +291,7 @@ def build_part(onnx_dir: str, name: str, part: str, platform: str, precision: st
                 steps = [
                     ("config", lambda: rk.config(target_platform=platform, **(
                         {"quantized_dtype": "w8a8"} if precision == "int8" else {}))),
-                    ("load_onnx", lambda: rk.load_onnx(model=src)),
+                    ("load_onnx", lambda: _load_checked(rk, src)),
                     ("build", lambda: rk.build(do_quantization=precision == "int8", dataset=dataset)),
                     ("export_rknn", lambda: rk.export_rknn(tmp)),
                 ]

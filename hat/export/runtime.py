@@ -45,8 +45,8 @@ def self_mask(tgt_len: int, step: int) -> np.ndarray:
     return m
 
 
-def ort_session(path: str, threads: int = 1):
-    """An onnxruntime CPU session for ``path`` (``threads`` intra-op threads, quiet)."""
+def ort_session(path, threads: int = 1):
+    """An onnxruntime CPU session for ``path`` (or a graph's bytes; ``threads`` intra-op threads, quiet)."""
     try:
         import onnxruntime as ort
     except ImportError:
