@@ -25,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-ESTIMATORS = ("trimmed-mean", "median", "p25", "p10", "min", "call-min", "call-p10", "step-min")
+from hat.latency.protocol import CALL_ESTIMATORS, ESTIMATORS, estimate_calls  # noqa: E402
 
 
 def pop(argv, flag, default, cast=int):
@@ -44,7 +44,7 @@ def share_within(values, tol):
 def main(argv=None):
     from hat.args import add_latency_args, parse_args, stage_context
     from hat.latency.onnxruntime import OrtBackend
-    from hat.latency.protocol import Protocol, estimate_calls
+    from hat.latency.protocol import Protocol
 
     argv = sys.argv[1:] if argv is None else argv
     n_cfg, argv = pop(argv, "--n-configs", 6)
@@ -97,7 +97,6 @@ def main(argv=None):
             backend.unload(h)
     os.sched_setaffinity(0, cores)
 
-    summary = []
     write(out, raw, {"configs": [c.to_json() for c in cfgs], "rounds": rounds, "runs": runs, "warmup": warmup,
                      "src_len": base.src_len, "tgt_len": base.tgt_len, "beam": base.beam, "cores": len(cores),
                      "load_average": os.getloadavg(), "seconds": time.time() - t_start}, subsets)
@@ -107,10 +106,8 @@ def main(argv=None):
 def one(x, n, est):
     """The latency of one measurement (its first ``n`` timed runs) by ``est``: the encoder's call and the decoder's
     steps estimated apart (a step-* or call-* estimator must not mix an encoder call with decoder steps)."""
-    from hat.latency.protocol import estimate_calls
-
     enc, steps = x["enc"][:n], x["steps"][:n]
-    if est in ("call-min", "call-p10", "step-min"):
+    if est in CALL_ESTIMATORS:
         return estimate_calls([[e] for e in enc], est) + estimate_calls(steps, est)
     return estimate_calls([[e] + st for e, st in zip(enc, steps)], est, 0.1)
 

@@ -203,12 +203,16 @@ def _spearman(a, b) -> float:
 
 def report(args) -> None:
     rows = json.load(open(args.results))
-    stand = {r["model"]: r for r in rows if r["source"] == "standalone"}
+    by_source = {}  # source -> model -> row
+    for r in rows:
+        by_source.setdefault(r["source"], {})[r["model"]] = r
+    stand = by_source.get("standalone", {})
+    inherited = sorted(src for src in by_source if src.startswith("inherited:"))
     out = {"goal": "Spearman >= 0.9 between inherited and from-scratch valid loss over >= 8 SubTransformers; "
                    "largest SubTransformer's inherited BLEU within 2 of its from-scratch BLEU", "recipes": {}}
     lines = []
-    for src in sorted({r["source"] for r in rows if r["source"].startswith("inherited:")}):
-        inh = {r["model"]: r for r in rows if r["source"] == src}
+    for src in inherited:
+        inh = by_source[src]
         common = sorted(set(inh) & set(stand))
         rho = _spearman([inh[m]["valid_loss"] for m in common], [stand[m]["valid_loss"] for m in common])
         largest = max(common, key=lambda m: stand[m]["params"])
@@ -224,8 +228,8 @@ def report(args) -> None:
                      f"{'met' if met else 'NOT met'}")
     # other seeds of the standalone runs: how well from-scratch training ranks itself (the ceiling of any Spearman
     # against it), and every recipe against the mean over the seeds where a model has them all
-    for extra in sorted({r["source"] for r in rows if r["source"].startswith("standalone:")}):
-        other = {r["model"]: r for r in rows if r["source"] == extra}
+    for extra in sorted(src for src in by_source if src.startswith("standalone:")):
+        other = by_source[extra]
         both = sorted(set(other) & set(stand))
         if len(both) < 3:
             continue
@@ -236,8 +240,8 @@ def report(args) -> None:
         lines.append(f"{extra} vs standalone (same {len(both)} SubTransformers, another seed): Spearman {rho:.3f}, "
                      f"mean |loss difference| {sum(diff) / len(diff):.3f}")
         mean = {m: (stand[m]["valid_loss"] + other[m]["valid_loss"]) / 2 for m in both}
-        for src in sorted({r["source"] for r in rows if r["source"].startswith("inherited:")}):
-            inh = {r["model"]: r for r in rows if r["source"] == src}
+        for src in inherited:
+            inh = by_source[src]
             ms = [m for m in both if m in inh]
             rho = _spearman([inh[m]["valid_loss"] for m in ms], [mean[m] for m in ms])
             out["recipes"][src][f"spearman_vs_seed_mean_{extra}"] = rho
