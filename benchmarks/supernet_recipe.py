@@ -151,6 +151,11 @@ def evaluate(args) -> None:
               f"BLEU {r.get('test_bleu', float('nan')):.2f}  {r['params'] / 1e6:.2f}M")
 
 
+def _fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 def merge(args) -> None:
     """Rows of several eval outputs in one file: ``--take FILE@SOURCE[@NEW]`` keeps FILE's rows of SOURCE (renamed
     NEW), so that e.g. a second seed's standalone rows become ``standalone:seed2``."""
@@ -158,16 +163,19 @@ def merge(args) -> None:
     for spec in args.take:
         parts = spec.split("@")
         if len(parts) not in (2, 3):
-            raise SystemExit(f"--take {spec}: FILE@SOURCE[@NEW_SOURCE]")
-        with open(parts[0]) as f:
-            got = [dict(r, source=parts[-1]) for r in json.load(f) if r["source"] == parts[1]]
+            _fail(f"--take {spec}: FILE@SOURCE[@NEW_SOURCE]")
+        try:
+            with open(parts[0]) as f:
+                got = [dict(r, source=parts[-1]) for r in json.load(f) if r["source"] == parts[1]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            _fail(f"--take {spec}: {parts[0]} is not a rows file of eval ({e})")
         if not got:
-            raise SystemExit(f"--take {spec}: no rows of source {parts[1]} in {parts[0]}")
+            _fail(f"--take {spec}: no rows of source {parts[1]} in {parts[0]}")
         rows += got
     seen = set()
     for r in rows:
         if (r["model"], r["source"]) in seen:
-            raise SystemExit(f"merge: {r['model']} twice as {r['source']}")
+            _fail(f"merge: {r['model']} twice as {r['source']}")
         seen.add((r["model"], r["source"]))
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=1)
