@@ -105,16 +105,22 @@ def add_supernet_recipe_args(parser) -> None:
     add("--inplace-distill", type=float, default=None, metavar="A",
         help="with supernet-sampling sandwich: every SubTransformer but the largest learns from A x the largest's "
              "output distribution (detached) + (1 - A) x the labels; 0 = labels only (default 0.5)")
+    add("--sandwich-no-smallest", action="store_true", default=None,
+        help="with supernet-sampling sandwich: leave the smallest SubTransformer out of every update (the largest and "
+             "sandwich-random-configs sampled ones only)")
 
 
 def supernet_recipe(args):
-    """(sampling, random configs, distillation weight) from model args, checked; ``None`` for HAT's uniform."""
+    """(sampling, random configs, distillation weight, smallest too) from model args, checked; ``None`` for HAT's
+    uniform."""
     sampling = getattr(args, "supernet_sampling", None) or "uniform"
     n = getattr(args, "sandwich_random_configs", None)
     a = getattr(args, "inplace_distill", None)
+    no_smallest = bool(getattr(args, "sandwich_no_smallest", None))
     if sampling == "uniform":
-        if n is not None or a is not None:
-            raise ConfigError("sandwich-random-configs / inplace-distill need supernet-sampling: sandwich")
+        if n is not None or a is not None or no_smallest:
+            raise ConfigError("sandwich-random-configs / inplace-distill / sandwich-no-smallest need "
+                              "supernet-sampling: sandwich")
         return None
     n = 2 if n is None else int(n)
     a = 0.5 if a is None else float(a)
@@ -122,7 +128,9 @@ def supernet_recipe(args):
         raise ConfigError(f"sandwich-random-configs must be >= 0, got {n}")
     if not 0.0 <= a <= 1.0:
         raise ConfigError(f"inplace-distill must be in [0, 1], got {a}")
-    return sampling, n, a
+    if no_smallest and n < 1:
+        raise ConfigError("sandwich-no-smallest needs sandwich-random-configs >= 1 (else only the largest trains)")
+    return sampling, n, a, not no_smallest
 
 
 def add_sub_config_args(parser) -> None:
@@ -181,7 +189,15 @@ def add_latency_args(parser) -> None:
     add("--latiter", type=int_at_least(1), default=None,
         help="timed runs per SubTransformer (HAT; protocol default 20)")
     add("--latsilent", action="store_true", help="no per-run printing (HAT)")
-    add("--lat-warmup", type=int_at_least(0), default=None, help="untimed runs before timing (protocol default 5)")
+    add("--lat-warmup", type=int_at_least(0), default=None,
+        help="untimed runs before timing, before each pass (protocol default 5)")
+    add("--lat-passes", type=int_at_least(1), default=None,
+        help="take the latiter timed runs in this many passes (it must divide latiter), the SubTransformers measured "
+             "together (lat-block) taking their passes in turn, so that a slow spell of a shared machine hits one "
+             "pass, not all runs (protocol default 1; benchmarks/README.md, noise floor)")
+    add("--lat-block", type=int_at_least(1), default=8,
+        help="SubTransformers measured together, their passes interleaved (latency_dataset.py, the search's "
+             "re-measurement takes its measure-top candidates together; not part of the protocol)")
     add("--lat-trim", type=float_between(0.0, 0.5, high_open=True), default=None,
         help="trimmed-mean: share of fastest and of slowest runs dropped (protocol default 0.1)")
     add("--lat-estimator", choices=ESTIMATORS, default=None,
@@ -298,8 +314,8 @@ def backend_name(args) -> str:
 
 # protocol field -> the flag (dest) that sets it
 PROTOCOL_FLAGS = {"src_len": "lat_src_len", "tgt_len": "lat_tgt_len", "beam": "beam", "warmup": "lat_warmup",
-                  "repeats": "latiter", "trim": "lat_trim", "estimator": "lat_estimator", "threads": "lat_threads",
-                  "pin": "lat_pin"}
+                  "repeats": "latiter", "passes": "lat_passes", "trim": "lat_trim", "estimator": "lat_estimator",
+                  "threads": "lat_threads", "pin": "lat_pin"}
 
 
 def given(args) -> set:

@@ -389,14 +389,16 @@ class SearchSpace:
         """The config for one training update: a function of (seed, update) only, so every rank agrees."""
         return self.sample(random.Random(f"hat-sample:{seed}:{update_num}"))
 
-    def sandwich_for_update(self, seed: int, update_num: int, n_random: int) -> List[SubConfig]:
-        """The sandwich rule's configs for one update: the largest, the smallest and ``n_random`` uniform samples
-        (a function of (seed, update) only, as :meth:`sample_for_update`; the largest first, the distillation
-        teacher)."""
+    def sandwich_for_update(self, seed: int, update_num: int, n_random: int,
+                            smallest: bool = True) -> List[SubConfig]:
+        """The sandwich rule's configs for one update: the largest, the smallest (unless ``smallest`` is False) and
+        ``n_random`` uniform samples (a function of (seed, update) only, as :meth:`sample_for_update`; the largest
+        first, the distillation teacher; the random samples are the same with or without the smallest)."""
         if n_random < 0:
             raise ValueError(f"sandwich-random-configs must be >= 0, got {n_random}")
         rng = random.Random(f"hat-sandwich:{seed}:{update_num}")
-        return [self.largest(), self.smallest()] + [self.sample(rng) for _ in range(n_random)]
+        fixed = [self.largest(), self.smallest()] if smallest else [self.largest()]
+        return fixed + [self.sample(rng) for _ in range(n_random)]
 
     def _extreme(self, pick) -> SubConfig:
         c = {k: pick(v) for k, v in self.choices.items()}

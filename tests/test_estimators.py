@@ -42,3 +42,72 @@ def test_step_min_is_another_protocol_than_call_min():
     a = Protocol(estimator="step-min", backend="onnxruntime")
     b = Protocol(estimator="call-min", backend="onnxruntime")
     assert "estimator" in (a.mismatch(b) or "")
+
+
+# ---- passes: the timed runs in interleaved passes (measure_block) -------------------------------------------------
+class OrderBackend:
+    """Records what it is asked to do, in order; each call advances a clock by the handle's own cost (ms)."""
+
+    name, source = "order", "measured:order-log"
+
+    def __init__(self, cost):
+        self.cost, self.log, self.now = cost, [], 0.0
+
+    def load(self, cfg):
+        self.log.append(("load", cfg))
+        return cfg
+
+    def unload(self, h):
+        self.log.append(("unload", h))
+
+    def encoder(self, h):
+        self.log.append(("enc", h))
+        self.now += self.cost[h]
+
+    def start_decoding(self, h):
+        pass
+
+    def decoder_step(self, h, step):
+        self.now += self.cost[h] / 10
+
+    def memory(self, h):
+        return {}
+
+    def timer(self):
+        return lambda: self.now
+
+
+def test_passes_interleave_the_configs_of_a_block_and_pool_their_runs():
+    from hat.latency.protocol import measure_block
+
+    b = OrderBackend({"A": 2.0, "B": 3.0})
+    p = Protocol(tgt_len=2, warmup=1, repeats=4, passes=2)
+    ma, mb = measure_block(b, ["A", "B"], p)
+    # both loaded first; pass 1: A (1 warm-up + 2 timed), B (1 + 2); pass 2 the same; then both unloaded
+    assert b.log == ([("load", "A"), ("load", "B")] + [("enc", "A")] * 3 + [("enc", "B")] * 3
+                     + [("enc", "A")] * 3 + [("enc", "B")] * 3 + [("unload", "A"), ("unload", "B")])
+    assert len(ma.encoder_ms) == 4 and len(ma.step_ms) == 4 and ma.encoder_ms == pytest.approx([2.0] * 4)
+    assert mb.encoder_ms == pytest.approx([3.0] * 4) and mb.decoder_ms == pytest.approx([0.6] * 4)
+
+
+def test_one_pass_measures_each_config_alone_as_before():
+    from hat.latency.protocol import measure_block
+
+    b = OrderBackend({"A": 2.0, "B": 3.0})
+    measure_block(b, ["A", "B"], Protocol(tgt_len=2, warmup=1, repeats=2))
+    assert b.log == ([("load", "A")] + [("enc", "A")] * 3 + [("unload", "A"), ("load", "B")] + [("enc", "B")] * 3
+                     + [("unload", "B")])
+
+
+def test_passes_are_part_of_the_protocol_and_bounds_checked():
+    a = Protocol(repeats=200, passes=4, backend="onnxruntime")
+    assert "passes 4 vs 1" in (a.mismatch(Protocol(repeats=200, backend="onnxruntime")) or "")
+    assert "200 timed runs in 4 interleaved passes" in a.describe()
+    legacy = a.to_dict()
+    del legacy["passes"]  # rows and checkpoints written before the field: one pass
+    assert Protocol.from_dict(legacy).passes == 1
+    for bad in (0, 3):
+        with pytest.raises(ConfigError, match="passes must be >= 1 and divide the timed runs"):
+            Protocol(repeats=200, passes=bad)
+    with pytest.raises(ConfigError, match="board runner measures one model at a time"):
+        Protocol(repeats=200, passes=4, backend="npu")

@@ -49,6 +49,27 @@ def test_onnxruntime_backend_writes_measured_rows_and_cleans_up(tmp_path):
     assert not any(files for _, _, files in os.walk(work)), "exported models are removed after measuring"
 
 
+def test_onnxruntime_dataset_in_interleaved_passes_records_them_and_refuses_one_pass_rows(tmp_path):
+    """lat-passes: blocks of lat-block SubTransformers take their passes in turn (hat.latency.protocol.measure_block);
+    every row records the passes, and the same file measured in one pass is another protocol."""
+    out = tmp_path / "ort.csv"
+    args = ["latency_dataset.py", f"--configs={TINY}", "--latency-backend", "onnxruntime", "--lat-dataset-size", "5",
+            "--latiter", "4", "--lat-threads", "1", "--lat-dataset-path", str(out)]
+    r = run_script(*args, "--lat-passes", "2", "--lat-block", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "4 timed runs in 2 interleaved passes" in r.stdout
+    rows = read_rows(str(out))
+    assert len(rows) == 5 and len({row["key"] for row in rows}) == 5  # 2 + 2 + a block of 1
+    assert {json.loads(row["protocol"])["passes"] for row in rows} == {2}
+    assert all(float(row["latency_mean_decoder"]) > 0 for row in rows)
+    before = out.read_bytes()
+    r = run_script(*args[:5], "6", *args[6:])
+    assert r.returncode == 2 and "another protocol (passes 2 vs 1)" in r.stderr and out.read_bytes() == before
+    r = run_script(*args, "--lat-passes", "3")
+    assert r.returncode == 2 and "passes must be >= 1 and divide the timed runs" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 class _Recorder:
     """Wraps an onnxruntime session and keeps every feed dict (and the outputs) of the decoder graph."""
 

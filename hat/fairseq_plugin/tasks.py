@@ -9,6 +9,7 @@ fixed architecture.
 ``supernet-sampling: sandwich`` (a YAML key; HAT's uniform sampling stays the default) trains the largest, the smallest
 and ``sandwich-random-configs`` sampled SubTransformers on every batch, with in-place distillation from the largest
 (``inplace-distill``): the recipe of BigNAS/OFA-style weight sharing, chosen by ``benchmarks/supernet_recipe.py``.
+``sandwich-no-smallest: True`` leaves the smallest out (the largest + the sampled ones).
 Each SubTransformer gets its own backward, so use a DDP backend that reduces once per update (``legacy_ddp``, as the
 configs set).
 """
@@ -68,17 +69,17 @@ class TranslationHatTask(TranslationTask):
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def _sandwich_step(self, sample, model, criterion, optimizer, update_num, ignore_grad, recipe):
-        """The sandwich rule: the largest, the smallest and N sampled SubTransformers on the same batch, one
-        backward each (gradients summed); with inplace-distill A > 0 every one but the largest learns from
-        A x the largest's detached output distribution + (1 - A) x the criterion's label loss. The returned loss and
-        log are the largest's (as HAT's valid loss, so training curves stay comparable)."""
+        """The sandwich rule: the largest, the smallest (unless sandwich-no-smallest) and N sampled SubTransformers
+        on the same batch, one backward each (gradients summed); with inplace-distill A > 0 every one but the largest
+        learns from A x the largest's detached output distribution + (1 - A) x the criterion's label loss. The
+        returned loss and log are the largest's (as HAT's valid loss, so training curves stay comparable)."""
         import torch
         from fairseq.optim.amp_optimizer import AMPOptimizer
 
-        _, n_random, alpha = recipe
+        _, n_random, alpha, smallest = recipe
         model.train()
         model.set_num_updates(update_num)
-        configs = model.space.sandwich_for_update(model.sample_seed, update_num, n_random)
+        configs = model.space.sandwich_for_update(model.sample_seed, update_num, n_random, smallest)
         outputs = []
         hook = model.register_forward_hook(lambda _m, _i, out: outputs.append(out))
         teacher = None

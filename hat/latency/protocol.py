@@ -5,6 +5,10 @@ step by step for ``tgt_len`` steps with its caches, ``beam`` hypotheses wide. ``
 ``repeats`` timed runs; the encoder's and the decoder's latency are each the ``estimator`` of their runs
 (:data:`ESTIMATORS`; ``trimmed-mean`` drops the fastest and slowest ``trim`` share as HAT did). ``threads`` intra-op
 threads (None: the backend's default), ``pin``: the measuring process is pinned to one core while it measures.
+``passes``: the timed runs are taken in that many passes of ``repeats / passes`` runs (each after ``warmup`` untimed
+runs) and the SubTransformers measured together take their passes in turn (:func:`measure_block`: pass 1 of each,
+then pass 2 of each, ...), so a slow spell of a shared machine that lasts seconds hits one pass of a config, not all
+of its runs; the estimator sees the runs of all passes together.
 
 A :class:`Protocol` also names where it was applied: ``backend`` and ``backend_version`` (e.g. onnxruntime 1.26.0)
 and ``machine`` (CPU model and cores, or the board). It travels with every dataset row and in the predictor
@@ -37,13 +41,15 @@ CALL_ESTIMATORS = ("call-min", "call-p10", "step-min")
 # a measurement's columns in the latency dataset (HAT's four)
 LATENCY_COLUMNS = ["latency_mean_encoder", "latency_mean_decoder", "latency_std_encoder", "latency_std_decoder"]
 # what makes two measurements comparable (the where -- backend version, machine -- is recorded beside)
-MEASURING = ("backend", "src_len", "tgt_len", "beam", "batch", "warmup", "repeats", "estimator", "trim", "threads",
-             "pin", "workers", "graphs")
+MEASURING = ("backend", "src_len", "tgt_len", "beam", "batch", "warmup", "repeats", "passes", "estimator", "trim",
+             "threads", "pin", "workers", "graphs")
 # backends that time the exported graphs (hat.export.GRAPHS_VERSION); rows recorded before the field existed were
 # measured on version 1
 GRAPH_BACKENDS = ("onnxruntime", "npu", "npu-adb")
 # backends whose decoder steps all have the same shapes (fixed-size caches + a step mask): step-min is defined there
 STATIC_STEP_BACKENDS = GRAPH_BACKENDS
+# backends timed by a runner on the board, one model at a time (no interleaved passes)
+BOARD_BACKENDS = ("npu", "npu-adb")
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class Protocol:
     batch: int = 1
     warmup: int = 5
     repeats: int = 20
+    passes: int = 1  # the timed runs in that many interleaved passes (measure_block); rows before the field: 1
     trim: float = 0.1
     estimator: str = "call-min"  # chosen by benchmarks/latency_estimators.py (benchmarks/README.md, P5)
     threads: Optional[int] = None
@@ -68,6 +75,9 @@ class Protocol:
         for name in ("src_len", "tgt_len", "beam", "batch", "repeats"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"latency protocol: {name} must be >= 1, got {getattr(self, name)}")
+        if int(self.passes) < 1 or int(self.repeats) % int(self.passes):
+            raise ConfigError(f"latency protocol: passes must be >= 1 and divide the timed runs (latiter "
+                              f"{self.repeats}), got {self.passes}")
         if int(self.warmup) < 0:
             raise ConfigError(f"latency protocol: warmup must be >= 0, got {self.warmup}")
         if not 0 <= float(self.trim) < 0.5:
@@ -77,6 +87,9 @@ class Protocol:
         if self.estimator == "step-min" and self.backend and self.backend not in STATIC_STEP_BACKENDS:
             raise ConfigError(f"latency protocol: estimator step-min needs decoder steps of one shape "
                               f"({', '.join(STATIC_STEP_BACKENDS)}); backend {self.backend} grows its inputs per step")
+        if int(self.passes) != 1 and self.backend in BOARD_BACKENDS:
+            raise ConfigError(f"latency protocol: passes {self.passes}: the board runner measures one model at a "
+                              f"time, its runs back to back (backend {self.backend}); use lat-passes 1")
         if self.threads is not None and int(self.threads) < 1:
             raise ConfigError(f"latency protocol: threads must be >= 1, got {self.threads}")
 
@@ -131,7 +144,8 @@ class Protocol:
         thr = "default threads" if self.threads is None else f"{self.threads} thread{'s' if self.threads != 1 else ''}"
         return (f"{self.backend or 'backend?'} {self.backend_version}".strip() + f" on {self.machine or 'machine?'}: "
                 f"batch {self.batch}, src {self.src_len}, tgt {self.tgt_len}, beam {self.beam}, {self.warmup} warm-up "
-                f"+ {self.repeats} timed runs, {self.estimator}"
+                f"+ {self.repeats} timed runs" + (f" in {self.passes} interleaved passes" if self.passes != 1 else "")
+                + f", {self.estimator}"
                 + (f" (trim {self.trim:.0%})" if self.estimator == "trimmed-mean" else "")
                 + f", {thr}" + (", pinned to one core" if self.pin else "")
                 + (f", {self.workers} parallel workers" if self.workers != 1 else "")
@@ -302,28 +316,57 @@ def pinned(enabled: bool):
 
 
 def measure(backend: Backend, cfg: SubConfig, protocol: Protocol, handle=None) -> Measurement:
-    own = handle is None
-    handle = backend.load(cfg) if own else handle
+    """One SubTransformer by ``protocol`` (its passes back to back: :func:`measure_block` interleaves several)."""
+    return measure_block(backend, [cfg], protocol, None if handle is None else [handle])[0]
+
+
+def measure_block(backend: Backend, cfgs: Sequence[SubConfig], protocol: Protocol,
+                  handles: Optional[Sequence[object]] = None) -> List[Measurement]:
+    """Several SubTransformers by ``protocol``, their passes interleaved: for each of ``protocol.passes`` passes,
+    every config in turn runs ``warmup`` untimed and ``repeats / passes`` timed runs. Without ``handles`` the configs
+    are loaded before the first pass and unloaded after the last; with one pass, each is loaded, measured and
+    unloaded in turn (one model held at a time, as on a board)."""
+    if handles is not None and len(handles) != len(cfgs):
+        raise ValueError(f"{len(handles)} handles for {len(cfgs)} configs")
+    if handles is None and protocol.passes == 1 and len(cfgs) > 1:
+        return [m for cfg in cfgs for m in measure_block(backend, [cfg], protocol)]
+    own = handles is None
+    loaded: List[object] = []
     clock = backend.timer()
-    enc, dec, steps = [], [], []
+    per_pass = protocol.repeats // protocol.passes
+    runs = [{"enc": [], "dec": [], "steps": []} for _ in cfgs]
     try:
+        if own:
+            for cfg in cfgs:
+                loaded.append(backend.load(cfg))
+        else:
+            loaded = list(handles)
         with pinned(protocol.pin):
-            for i in range(protocol.warmup + protocol.repeats):
-                t0 = clock()
-                backend.encoder(handle)
-                t1 = clock()
-                backend.start_decoding(handle)
-                marks = [clock()]
-                for step in range(protocol.tgt_len):
-                    backend.decoder_step(handle, step)
-                    marks.append(clock())
-                if i >= protocol.warmup:
-                    enc.append(t1 - t0)
-                    dec.append(marks[-1] - t1)
-                    # the first step also carries start_decoding (cache reset), as the run's total does
-                    steps.append([marks[1] - t1] + [b - a for a, b in zip(marks[1:-1], marks[2:])])
-        extra = backend.memory(handle)
+            for _ in range(protocol.passes):
+                for handle, r in zip(loaded, runs):
+                    _timed_runs(backend, handle, protocol, per_pass, clock, r)
+        extras = [backend.memory(h) for h in loaded]
     finally:
         if own:
-            backend.unload(handle)
-    return Measurement(enc, dec, protocol, backend.source, extra, steps)
+            for h in loaded:
+                backend.unload(h)
+    return [Measurement(r["enc"], r["dec"], protocol, backend.source, extra, r["steps"])
+            for r, extra in zip(runs, extras)]
+
+
+def _timed_runs(backend: Backend, handle, protocol: Protocol, n: int, clock, out: dict) -> None:
+    """``protocol.warmup`` untimed runs, then ``n`` timed ones appended to ``out`` (enc, dec, steps)."""
+    for i in range(protocol.warmup + n):
+        t0 = clock()
+        backend.encoder(handle)
+        t1 = clock()
+        backend.start_decoding(handle)
+        marks = [clock()]
+        for step in range(protocol.tgt_len):
+            backend.decoder_step(handle, step)
+            marks.append(clock())
+        if i >= protocol.warmup:
+            out["enc"].append(t1 - t0)
+            out["dec"].append(marks[-1] - t1)
+            # the first step also carries start_decoding (cache reset), as the run's total does
+            out["steps"].append([marks[1] - t1] + [b - a for a, b in zip(marks[1:-1], marks[2:])])

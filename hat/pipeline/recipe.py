@@ -26,7 +26,7 @@ from hat.pipeline.runner import ROOT, Runner, parse_stage_args, rel
 # Settings of each profile; every value is a flag of the stage script it goes to.
 PROFILES: Dict[str, dict] = {
     "cpu": {
-        "latency": ["--lat-dataset-size", "100", "--latiter", "10", "--lat-warmup", "3"],
+        "latency": ["--lat-dataset-size", "100", "--latiter", "10", "--lat-warmup", "3", "--lat-passes", "2"],
         "search": ["--evo-iter", "5", "--population-size", "12", "--parent-size", "4", "--mutation-size", "4",
                    "--crossover-size", "4", "--valid-cnt-max", "3"],
         # both SubTransformers start from the SuperTransformer's weights and get the same short fine-tuning
@@ -36,7 +36,7 @@ PROFILES: Dict[str, dict] = {
         "super": [],
     },
     "cuda": {
-        "latency": ["--lat-dataset-size", "300", "--latiter", "20", "--lat-warmup", "5"],
+        "latency": ["--lat-dataset-size", "300", "--latiter", "20", "--lat-warmup", "5", "--lat-passes", "4"],
         "search": ["--evo-iter", "15", "--population-size", "40", "--parent-size", "10", "--mutation-size", "15",
                    "--crossover-size", "15"],
         "sub": ["--max-update", "3000", "--warmup-updates", "400", "--save-interval-updates", "1000",
@@ -295,7 +295,7 @@ class DemoRecipe:
 
             from hat.checkpoint import load_model
             from hat.latency.onnxruntime import OrtBackend
-            from hat.latency.protocol import measure
+            from hat.latency.protocol import measure_block
 
             protocol = self.measuring_protocol()
             loaded = {n: load_model(str(ROOT / p)) for n, p in models.items()}
@@ -308,9 +308,11 @@ class DemoRecipe:
             print(f"\n==> measuring {', '.join(models)} on {backend.source} with the latency dataset's protocol "
                   f"({protocol.describe()}), {self.args.measure_rounds} interleaved rounds", flush=True)
             try:
-                for _ in range(self.args.measure_rounds):
-                    for n, m in loaded.items():
-                        r = measure(backend, m.sub_config, protocol, handle=handles[n])
+                names = list(loaded)
+                for _ in range(self.args.measure_rounds):  # each round: both models, their passes interleaved
+                    ms = measure_block(backend, [loaded[n].sub_config for n in names], protocol,
+                                       handles=[handles[n] for n in names])
+                    for n, r in zip(names, ms):
                         rounds[n].append(r.total)
             finally:
                 for h in handles.values():

@@ -205,7 +205,7 @@ def _remeasure(evo, args, opt, protocol):
     """Measure the ``measure-top`` best candidates (by loss; all fit the budget as predicted) with the predictor's
     protocol and return (the best whose MEASURED latency and memory fit the budget or None, every measurement)."""
     from hat.latency import backends
-    from hat.latency.protocol import measure
+    from hat.latency.protocol import measure_block
 
     if protocol.workers != 1:
         raise ConfigError(f"the predictor's dataset was measured with {protocol.workers} parallel workers, which "
@@ -221,8 +221,8 @@ def _remeasure(evo, args, opt, protocol):
               f"{backend.protocol.machine}")
     ranked = sorted(evo.evaluated.values(), key=lambda c: (c.loss, c.config.key()))[: args.measure_top]
     measured, best = {}, None
-    for c in ranked:
-        m = measure(backend, c.config, protocol)
+    # measured together, their passes interleaved as the dataset's blocks were
+    for c, m in zip(ranked, measure_block(backend, [c.config for c in ranked], protocol)):
         mem, mem_source = _measured_memory(c.config, opt, protocol, args)
         fits = ((args.latency_constraint is None or m.total <= args.latency_constraint)
                 and (args.memory_constraint is None or mem <= args.memory_constraint))

@@ -9,8 +9,9 @@ choose cpu/gpu/npu, and one that names other hardware than ``latency-backend`` i
 (``lat-estimator``, ``lat-pin``, ``lat-threads``, ...). Every row records the protocol it was measured with; rows
 of another protocol are never appended to a file. ``npu`` times nothing here: it builds a bundle of RKNN models for
 the board (hat/latency/board.py runs it there) and ``--collect RESULTS.jsonl`` merges the board's results into the
-dataset; see :mod:`hat.latency.npu_bundle`. ``lat-workers N`` measures N SubTransformers at a time, each process
-pinned to its own core (with ``lat-pin``). Runs without fairseq.
+dataset; see :mod:`hat.latency.npu_bundle`. ``lat-block`` SubTransformers are measured together, their
+``lat-passes`` passes interleaved (an interrupt loses at most the block in progress); ``lat-workers N`` measures N
+blocks at a time, each process pinned to its own core (with ``lat-pin``). Runs without fairseq.
 """
 from __future__ import annotations
 
@@ -44,25 +45,31 @@ def _worker_init(cores, args, opt, protocol, name):
     _WORKER["backend"] = backends.make(name, args, opt, protocol, log=lambda *a, **k: None)
 
 
-def _worker_measure(cfg_json):
-    from hat.latency.protocol import measure
+def _worker_measure(cfg_jsons):
+    from hat.latency.protocol import measure_block
     from hat.space import SubConfig
 
     b = _WORKER["backend"]
-    m = measure(b, SubConfig.from_json(cfg_json), b.protocol)
-    return m
+    return measure_block(b, [SubConfig.from_json(c) for c in cfg_jsons], b.protocol)
+
+
+def _blocks(todo, size: int):
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
 
 
 def _measure_all(todo, args, opt, protocol, name, backend):
-    """Yield (cfg, Measurement) for every config of ``todo``: in this process, or in ``lat-workers`` processes."""
-    from hat.latency.protocol import measure
+    """Yield (cfg, Measurement) for every config of ``todo``, ``lat-block`` configs at a time when the protocol
+    takes its runs in several passes (interleaved, :func:`hat.latency.protocol.measure_block`), else one at a time
+    (each row written as soon as it is measured): in this process, or in ``lat-workers`` processes (a block each)."""
+    from hat.latency.protocol import measure_block
 
     n = int(args.lat_workers or 1)
+    size = int(getattr(args, "lat_block", None) or 8) if backend.protocol.passes > 1 else 1
     if not todo:  # a complete dataset: nothing to measure, no workers to start (or to find cores for)
         return
     if n <= 1:
-        for cfg in todo:
-            yield cfg, measure(backend, cfg, backend.protocol)
+        for block in _blocks(todo, size):
+            yield from zip(block, measure_block(backend, block, backend.protocol))
         return
     import multiprocessing as mp
     import os
@@ -79,9 +86,9 @@ def _measure_all(todo, args, opt, protocol, name, backend):
         q.put(c)
     with ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_init,
                              initargs=(q, args, opt, protocol, name)) as ex:
-        futures = {ex.submit(_worker_measure, cfg.to_json()): cfg for cfg in todo}
+        futures = {ex.submit(_worker_measure, [c.to_json() for c in block]): block for block in _blocks(todo, size)}
         for f in as_completed(futures):
-            yield futures[f], f.result()
+            yield from zip(futures[f], f.result())
 
 
 def main(argv: Optional[List[str]] = None) -> int:
