@@ -37,18 +37,24 @@ def _grads(model):
             for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.5])
-def test_sandwich_step_is_the_sum_of_its_configs_gradients(demo_data, alpha):
+@pytest.mark.parametrize("alpha,smallest", [(0.0, True), (0.5, True), (0.5, False)])
+def test_sandwich_step_is_the_sum_of_its_configs_gradients(demo_data, alpha, smallest):
     from hat.fairseq_plugin.tasks import distill_loss
 
     task, model, criterion, optimizer, batches = _setup(
         [f"--configs={TINY}", "--data", demo_data, "--seed", "7", "--supernet-sampling", "sandwich",
-         "--sandwich-random-configs", "2", "--inplace-distill", str(alpha)])
+         "--sandwich-random-configs", "2", "--inplace-distill", str(alpha)]
+        + ([] if smallest else ["--sandwich-no-smallest"]))
     sample = next(batches)
     update = 5
-    configs = model.space.sandwich_for_update(7, update, 2)
-    assert configs[0] == model.space.largest() and configs[1] == model.space.smallest() and len(configs) == 4
-    assert len({c.key() for c in configs}) >= 3
+    configs = model.space.sandwich_for_update(7, update, 2, smallest)
+    assert configs[0] == model.space.largest() and len(configs) == 3 + smallest
+    if smallest:
+        assert configs[1] == model.space.smallest()
+    else:  # the same random samples as with the smallest, which is gone
+        assert configs[1:] == model.space.sandwich_for_update(7, update, 2)[2:]
+        assert model.space.smallest() not in configs
+    assert len({c.key() for c in configs}) >= 2 + smallest
 
     optimizer.zero_grad()
     loss, sample_size, log = task.train_step(sample, model, criterion, optimizer, update)
@@ -105,10 +111,15 @@ def test_uniform_stays_hats_default_and_bad_recipe_keys_are_one_line_errors(demo
 
     assert supernet_recipe(build_args([f"--configs={TINY}", "--data", demo_data])) is None
     assert supernet_recipe(build_args([f"--configs={TINY}", "--data", demo_data, "--supernet-sampling",
-                                       "sandwich"])) == ("sandwich", 2, 0.5)
+                                       "sandwich"])) == ("sandwich", 2, 0.5, True)
+    assert supernet_recipe(build_args([f"--configs={TINY}", "--data", demo_data, "--supernet-sampling", "sandwich",
+                                       "--sandwich-no-smallest"])) == ("sandwich", 2, 0.5, False)
     for bad, word in ((["--supernet-sampling", "sandwich", "--inplace-distill", "1.5"], "inplace-distill"),
                       (["--supernet-sampling", "sandwich", "--sandwich-random-configs", "-1"], "sandwich-random"),
-                      (["--inplace-distill", "0.5"], "need supernet-sampling")):
+                      (["--inplace-distill", "0.5"], "need supernet-sampling"),
+                      (["--sandwich-no-smallest"], "need supernet-sampling"),
+                      (["--supernet-sampling", "sandwich", "--sandwich-no-smallest", "--sandwich-random-configs", "0"],
+                       "sandwich-random-configs >= 1")):
         with pytest.raises(ConfigError, match=word):
             supernet_recipe(build_args([f"--configs={TINY}", "--data", demo_data] + bad))
     yml = tmp_path / "sub.yml"
