@@ -375,6 +375,10 @@ def add_evo_args(parser):
         help="the winner's check: measure (default where the predictor's backend runs here) re-measures the best "
              "candidates with the predictor's protocol and keeps the best that fits; predictor trusts the prediction")
     add("--measure-top", type=int_at_least(0), default=5, help="candidates re-measured (best validation loss first)")
+    add("--measure-margin", type=float_between(0.0, 0.5, high_open=True), default=0.0,
+        help="the re-measured latency must fit the latency constraint less this share (e.g. 0.03): the candidates of a "
+             "search sit at the constraint, so one whose measurement fits by less than the protocol's own noise is "
+             "likely over it when measured again (default 0: the constraint itself)")
     add("--candidates-path", help="CSV of every evaluated candidate (default: next to write-config-path)")
     add("--plot-path", help="PNG of loss vs latency (default: next to write-config-path)")
     add("--state-path", help="search state for resuming (default: next to write-config-path)")

@@ -106,3 +106,23 @@ def test_tightening_either_constraint_changes_the_winner_which_fits_both_when_me
     # every row says where its numbers come from
     assert {r["latency_source"] for r in rows0.values()} == {"predicted"}
     assert all(r["memory_source"].startswith("memory model") for r in rows0.values())
+
+
+def test_measure_margin_makes_a_remeasured_candidate_fit_by_that_share_and_is_bounds_checked(tmp_path):
+    """measure-margin: a candidate measured within the constraint by less than the margin does not fit (the search's
+    candidates sit at the constraint; one that fits by less than the protocol's noise is over it when measured
+    again); memory keeps its own constraint."""
+    from argparse import Namespace
+
+    from hat.stages.evo_search import _budget, measured_fits
+
+    a = Namespace(latency_constraint=15.0, memory_constraint=9.0, measure_margin=0.0)
+    assert measured_fits(14.9, 9.0, a) and measured_fits(15.0, 8.0, a) and not measured_fits(15.01, 8.0, a)
+    a.measure_margin = 0.03  # 15 ms less 3 %: 14.55 ms
+    assert measured_fits(14.54, 9.0, a) and not measured_fits(14.6, 9.0, a) and not measured_fits(14.0, 9.01, a)
+    assert "less the 3% measure-margin: <= 14.550 ms" in _budget(a, margin=True) and "margin" not in _budget(a)
+    a.latency_constraint = None
+    assert measured_fits(1e9, 9.0, a)
+    r = run_script("evo_search.py", f"--configs={TINY}", f"--evo-configs={EVO}", "--measure-margin", "0.7",
+                   "--write-config-path", str(tmp_path / "w.yml"))
+    assert r.returncode == 2 and "--measure-margin" in r.stderr and len(r.stderr.strip().splitlines()) == 1

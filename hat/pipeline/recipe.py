@@ -26,7 +26,9 @@ from hat.pipeline.runner import ROOT, Runner, parse_stage_args, rel
 # Settings of each profile; every value is a flag of the stage script it goes to.
 PROFILES: Dict[str, dict] = {
     "cpu": {
-        "latency": ["--lat-dataset-size", "100", "--latiter", "10", "--lat-warmup", "3", "--lat-passes", "2"],
+        # 16 passes of 1 timed run (+ 1 warm-up) per config, blocks of 20: ~1 s a config, 87-95 % of re-measurements
+        # within ±5 % on 2 cores (benchmarks/README.md "Passes"); the shipped dataset's 48 x 3 takes 7 s a config
+        "latency": ["--lat-dataset-size", "100", "--latiter", "16", "--lat-warmup", "1", "--lat-passes", "16"],
         "search": ["--evo-iter", "5", "--population-size", "12", "--parent-size", "4", "--mutation-size", "4",
                    "--crossover-size", "4", "--valid-cnt-max", "3"],
         # both SubTransformers start from the SuperTransformer's weights and get the same short fine-tuning

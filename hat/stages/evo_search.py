@@ -152,8 +152,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     plot(evo, plot_path, args.latency_constraint, shown, lat_source, measured)
     if best is None:
         raise HatError(f"none of the {len(measured)} best candidates fits the budget when measured "
-                       f"({_budget(args)}); their figures are in {cand_path}: loosen the budget, re-measure more "
-                       f"(measure-top) or retrain the predictor")
+                       f"({_budget(args, margin=True)}); their figures are in {cand_path}: loosen the budget, "
+                       f"re-measure more (measure-top) or retrain the predictor")
     m = measured.get(best.config.key())
     what = (f"latency {best.values['latency']:.3f} ms ({lat_source}), memory {best.values['memory']:.3f} MB "
             f"({mem_source})")
@@ -168,10 +168,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def _budget(args) -> str:
+def measured_fits(latency_ms: float, memory_mb: float, args) -> bool:
+    """A re-measured candidate fits: latency within the constraint less ``measure-margin``, memory within its own."""
+    margin = float(getattr(args, "measure_margin", 0.0) or 0.0)
+    return ((args.latency_constraint is None or latency_ms <= args.latency_constraint * (1.0 - margin))
+            and (args.memory_constraint is None or memory_mb <= args.memory_constraint))
+
+
+def _budget(args, margin: bool = False) -> str:
     parts = []
+    m = float(getattr(args, "measure_margin", 0.0) or 0.0) if margin else 0.0
     if args.latency_constraint is not None:
-        parts.append(f"latency <= {args.latency_constraint:g} ms")
+        parts.append(f"latency <= {args.latency_constraint:g} ms"
+                     + (f" less the {m:.0%} measure-margin: <= {args.latency_constraint * (1 - m):.3f} ms" if m else ""))
     if args.memory_constraint is not None:
         parts.append(f"memory <= {args.memory_constraint:g} MB")
     return ", ".join(parts)
@@ -224,12 +233,11 @@ def _remeasure(evo, args, opt, protocol):
     # measured together, their passes interleaved as the dataset's blocks were
     for c, m in zip(ranked, measure_block(backend, [c.config for c in ranked], protocol)):
         mem, mem_source = _measured_memory(c.config, opt, protocol, args)
-        fits = ((args.latency_constraint is None or m.total <= args.latency_constraint)
-                and (args.memory_constraint is None or mem <= args.memory_constraint))
+        fits = measured_fits(m.total, mem, args)
         measured[c.config.key()] = {"latency": m.total, "latency_source": m.source, "memory": mem,
                                     "memory_source": mem_source, "fits": fits}
         print(f"| re-measured {c.config.key()} (valid loss {c.loss:.4f}): {m.summary()}; memory {mem:.3f} MB "
-              f"[{mem_source}]; {'fits' if fits else 'OVER'} the budget ({_budget(args)})")
+              f"[{mem_source}]; {'fits' if fits else 'OVER'} the budget ({_budget(args, margin=True)})")
         if fits and best is None:
             best = c
     return best, measured
