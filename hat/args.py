@@ -195,9 +195,10 @@ def add_latency_args(parser) -> None:
         help="take the latiter timed runs in this many passes (it must divide latiter), the SubTransformers measured "
              "together (lat-block) taking their passes in turn, so that a slow spell of a shared machine hits one "
              "pass, not all runs (protocol default 1; benchmarks/README.md, noise floor)")
-    add("--lat-block", type=int_at_least(1), default=8,
-        help="SubTransformers measured together, their passes interleaved (latency_dataset.py, the search's "
-             "re-measurement takes its measure-top candidates together; not part of the protocol)")
+    add("--lat-block", type=int_at_least(1), default=None,
+        help="with lat-passes: SubTransformers measured together, their passes interleaved; part of the protocol (how "
+             "far apart a config's passes lie): fewer configs (the search's measure-top candidates, the demo's final "
+             "models) are measured as if in a full block (protocol default 1)")
     add("--lat-trim", type=float_between(0.0, 0.5, high_open=True), default=None,
         help="trimmed-mean: share of fastest and of slowest runs dropped (protocol default 0.1)")
     add("--lat-estimator", choices=ESTIMATORS, default=None,
@@ -314,8 +315,8 @@ def backend_name(args) -> str:
 
 # protocol field -> the flag (dest) that sets it
 PROTOCOL_FLAGS = {"src_len": "lat_src_len", "tgt_len": "lat_tgt_len", "beam": "beam", "warmup": "lat_warmup",
-                  "repeats": "latiter", "passes": "lat_passes", "trim": "lat_trim", "estimator": "lat_estimator",
-                  "threads": "lat_threads", "pin": "lat_pin"}
+                  "repeats": "latiter", "passes": "lat_passes", "block": "lat_block", "trim": "lat_trim",
+                  "estimator": "lat_estimator", "threads": "lat_threads", "pin": "lat_pin"}
 
 
 def given(args) -> set:

@@ -111,3 +111,40 @@ def test_passes_are_part_of_the_protocol_and_bounds_checked():
             Protocol(repeats=200, passes=bad)
     with pytest.raises(ConfigError, match="board runner measures one model at a time"):
         Protocol(repeats=200, passes=4, backend="npu")
+
+
+class CountingBackend(OrderBackend):
+    """The encoder's n-th call takes n ms: which runs a measurement kept tells which passes they came from."""
+
+    def __init__(self):
+        super().__init__({})
+        self.n = 0
+
+    def encoder(self, h):
+        self.log.append(("enc", h))
+        self.n += 1
+        self.now += self.n
+
+    def decoder_step(self, h, step):
+        pass
+
+
+def test_fewer_configs_than_the_block_keep_their_passes_as_far_apart_as_a_full_block():
+    from hat.latency.protocol import measure_block
+
+    b = CountingBackend()
+    # one config, protocol block 3: 3 interleaved groups of 2 passes (1 run each); the measurement is group 0,
+    # i.e. passes 1 and 4 (encoder calls 1 and 4), 3 passes apart as with 3 configs in a block
+    (m,) = measure_block(b, ["A"], Protocol(tgt_len=1, warmup=0, repeats=2, passes=2, block=3))
+    assert m.encoder_ms == pytest.approx([1.0, 4.0]) and len(b.log) == 2 + 6
+    b = CountingBackend()
+    ma, mb = measure_block(b, ["A", "B"], Protocol(tgt_len=1, warmup=0, repeats=2, passes=2, block=3))
+    # two configs: ceil(3 / 2) = 2 groups; passes A1 B2 | A3 B4 | A5 B6 | A7 B8 -> A keeps 1 and 5, B 2 and 6
+    assert ma.encoder_ms == pytest.approx([1.0, 5.0]) and mb.encoder_ms == pytest.approx([2.0, 6.0])
+    b = CountingBackend()  # a full block: no extra groups
+    ms = measure_block(b, ["A", "B", "C"], Protocol(tgt_len=1, warmup=0, repeats=2, passes=2, block=3))
+    assert [m.encoder_ms for m in ms] == [pytest.approx([1.0, 4.0]), pytest.approx([2.0, 5.0]),
+                                          pytest.approx([3.0, 6.0])]
+    with pytest.raises(ConfigError, match="block must be >= 1"):
+        Protocol(repeats=2, passes=2, block=0)
+    assert "blocks of 3" in Protocol(repeats=2, passes=2, block=3).describe()

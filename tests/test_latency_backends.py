@@ -60,11 +60,11 @@ def test_onnxruntime_dataset_in_interleaved_passes_records_them_and_refuses_one_
     assert "4 timed runs in 2 interleaved passes" in r.stdout
     rows = read_rows(str(out))
     assert len(rows) == 5 and len({row["key"] for row in rows}) == 5  # 2 + 2 + a block of 1
-    assert {json.loads(row["protocol"])["passes"] for row in rows} == {2}
+    assert {(json.loads(row["protocol"])["passes"], json.loads(row["protocol"])["block"]) for row in rows} == {(2, 2)}
     assert all(float(row["latency_mean_decoder"]) > 0 for row in rows)
     before = out.read_bytes()
     r = run_script(*args[:5], "6", *args[6:])
-    assert r.returncode == 2 and "another protocol (passes 2 vs 1)" in r.stderr and out.read_bytes() == before
+    assert r.returncode == 2 and "another protocol (passes 2 vs 1; block 2 vs 1)" in r.stderr and out.read_bytes() == before
     r = run_script(*args, "--lat-passes", "3")
     assert r.returncode == 2 and "passes must be >= 1 and divide the timed runs" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

@@ -6,9 +6,13 @@ step by step for ``tgt_len`` steps with its caches, ``beam`` hypotheses wide. ``
 (:data:`ESTIMATORS`; ``trimmed-mean`` drops the fastest and slowest ``trim`` share as HAT did). ``threads`` intra-op
 threads (None: the backend's default), ``pin``: the measuring process is pinned to one core while it measures.
 ``passes``: the timed runs are taken in that many passes of ``repeats / passes`` runs (each after ``warmup`` untimed
-runs) and the SubTransformers measured together take their passes in turn (:func:`measure_block`: pass 1 of each,
-then pass 2 of each, ...), so a slow spell of a shared machine that lasts seconds hits one pass of a config, not all
-of its runs; the estimator sees the runs of all passes together.
+runs) and the ``block`` SubTransformers measured together take their passes in turn (:func:`measure_block`: pass 1
+of each, then pass 2 of each, ...), so a slow spell of a shared machine that lasts seconds hits one pass of a config,
+not all of its runs; the estimator sees the runs of all passes together. How far apart a config's passes lie is
+part of what is measured (spread over more time, the minimum is reached more often), so ``block`` is part of the
+protocol: fewer configs than ``block`` (a search's few candidates, the demo's two final models) are measured in
+``ceil(block / n)`` interleaved groups of passes and each config's first group is its measurement, its passes as far
+apart as in a full block.
 
 A :class:`Protocol` also names where it was applied: ``backend`` and ``backend_version`` (e.g. onnxruntime 1.26.0)
 and ``machine`` (CPU model and cores, or the board). It travels with every dataset row and in the predictor
@@ -41,8 +45,8 @@ CALL_ESTIMATORS = ("call-min", "call-p10", "step-min")
 # a measurement's columns in the latency dataset (HAT's four)
 LATENCY_COLUMNS = ["latency_mean_encoder", "latency_mean_decoder", "latency_std_encoder", "latency_std_decoder"]
 # what makes two measurements comparable (the where -- backend version, machine -- is recorded beside)
-MEASURING = ("backend", "src_len", "tgt_len", "beam", "batch", "warmup", "repeats", "passes", "estimator", "trim",
-             "threads", "pin", "workers", "graphs")
+MEASURING = ("backend", "src_len", "tgt_len", "beam", "batch", "warmup", "repeats", "passes", "block", "estimator",
+             "trim", "threads", "pin", "workers", "graphs")
 # backends that time the exported graphs (hat.export.GRAPHS_VERSION); rows recorded before the field existed were
 # measured on version 1
 GRAPH_BACKENDS = ("onnxruntime", "npu", "npu-adb")
@@ -61,6 +65,7 @@ class Protocol:
     warmup: int = 5
     repeats: int = 20
     passes: int = 1  # the timed runs in that many interleaved passes (measure_block); rows before the field: 1
+    block: int = 1  # with passes > 1: configs whose passes interleave (how far apart a config's passes lie)
     trim: float = 0.1
     estimator: str = "call-min"  # chosen by benchmarks/latency_estimators.py (benchmarks/README.md, P5)
     threads: Optional[int] = None
@@ -78,6 +83,8 @@ class Protocol:
         if int(self.passes) < 1 or int(self.repeats) % int(self.passes):
             raise ConfigError(f"latency protocol: passes must be >= 1 and divide the timed runs (latiter "
                               f"{self.repeats}), got {self.passes}")
+        if int(self.block) < 1:
+            raise ConfigError(f"latency protocol: block must be >= 1, got {self.block}")
         if int(self.warmup) < 0:
             raise ConfigError(f"latency protocol: warmup must be >= 0, got {self.warmup}")
         if not 0 <= float(self.trim) < 0.5:
@@ -144,7 +151,8 @@ class Protocol:
         thr = "default threads" if self.threads is None else f"{self.threads} thread{'s' if self.threads != 1 else ''}"
         return (f"{self.backend or 'backend?'} {self.backend_version}".strip() + f" on {self.machine or 'machine?'}: "
                 f"batch {self.batch}, src {self.src_len}, tgt {self.tgt_len}, beam {self.beam}, {self.warmup} warm-up "
-                f"+ {self.repeats} timed runs" + (f" in {self.passes} interleaved passes" if self.passes != 1 else "")
+                f"+ {self.repeats} timed runs"
+                + (f" in {self.passes} interleaved passes, blocks of {self.block}" if self.passes != 1 else "")
                 + f", {self.estimator}"
                 + (f" (trim {self.trim:.0%})" if self.estimator == "trimmed-mean" else "")
                 + f", {thr}" + (", pinned to one core" if self.pin else "")
@@ -323,9 +331,10 @@ def measure(backend: Backend, cfg: SubConfig, protocol: Protocol, handle=None) -
 def measure_block(backend: Backend, cfgs: Sequence[SubConfig], protocol: Protocol,
                   handles: Optional[Sequence[object]] = None) -> List[Measurement]:
     """Several SubTransformers by ``protocol``, their passes interleaved: for each of ``protocol.passes`` passes,
-    every config in turn runs ``warmup`` untimed and ``repeats / passes`` timed runs. Without ``handles`` the configs
-    are loaded before the first pass and unloaded after the last; with one pass, each is loaded, measured and
-    unloaded in turn (one model held at a time, as on a board)."""
+    every config in turn runs ``warmup`` untimed and ``repeats / passes`` timed runs; with fewer configs than
+    ``protocol.block``, ``ceil(block / len(cfgs))`` groups of passes interleave and each config's first group is
+    its measurement. Without ``handles`` the configs are loaded before the first pass and unloaded after the last;
+    with one pass, each is loaded, measured and unloaded in turn (one model held at a time, as on a board)."""
     if handles is not None and len(handles) != len(cfgs):
         raise ValueError(f"{len(handles)} handles for {len(cfgs)} configs")
     if handles is None and protocol.passes == 1 and len(cfgs) > 1:
@@ -334,6 +343,9 @@ def measure_block(backend: Backend, cfgs: Sequence[SubConfig], protocol: Protoco
     loaded: List[object] = []
     clock = backend.timer()
     per_pass = protocol.repeats // protocol.passes
+    # fewer configs than the protocol's block: groups of passes interleaved so that a config's passes lie as far
+    # apart as in a full block; group 0 is the measurement
+    groups = -(-int(protocol.block) // len(cfgs)) if protocol.passes > 1 and cfgs else 1
     runs = [{"enc": [], "dec": [], "steps": []} for _ in cfgs]
     try:
         if own:
@@ -342,9 +354,10 @@ def measure_block(backend: Backend, cfgs: Sequence[SubConfig], protocol: Protoco
         else:
             loaded = list(handles)
         with pinned(protocol.pin):
-            for _ in range(protocol.passes):
+            for i in range(protocol.passes * groups):
                 for handle, r in zip(loaded, runs):
-                    _timed_runs(backend, handle, protocol, per_pass, clock, r)
+                    _timed_runs(backend, handle, protocol, per_pass, clock,
+                                r if i % groups == 0 else {"enc": [], "dec": [], "steps": []})
         extras = [backend.memory(h) for h in loaded]
     finally:
         if own:

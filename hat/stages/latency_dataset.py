@@ -64,7 +64,7 @@ def _measure_all(todo, args, opt, protocol, name, backend):
     from hat.latency.protocol import measure_block
 
     n = int(args.lat_workers or 1)
-    size = int(getattr(args, "lat_block", None) or 8) if backend.protocol.passes > 1 else 1
+    size = int(backend.protocol.block) if backend.protocol.passes > 1 else 1
     if not todo:  # a complete dataset: nothing to measure, no workers to start (or to find cores for)
         return
     if n <= 1:
