@@ -170,14 +170,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def measured_fits(latency_ms: float, memory_mb: float, args) -> bool:
     """A re-measured candidate fits: latency within the constraint less ``measure-margin``, memory within its own."""
-    margin = float(getattr(args, "measure_margin", 0.0) or 0.0)
-    return ((args.latency_constraint is None or latency_ms <= args.latency_constraint * (1.0 - margin))
+    return ((args.latency_constraint is None or latency_ms <= args.latency_constraint * (1.0 - args.measure_margin))
             and (args.memory_constraint is None or memory_mb <= args.memory_constraint))
 
 
 def _budget(args, margin: bool = False) -> str:
     parts = []
-    m = float(getattr(args, "measure_margin", 0.0) or 0.0) if margin else 0.0
+    m = args.measure_margin if margin else 0.0
     if args.latency_constraint is not None:
         parts.append(f"latency <= {args.latency_constraint:g} ms"
                      + (f" less the {m:.0%} measure-margin: <= {args.latency_constraint * (1 - m):.3f} ms" if m else ""))
