@@ -11,7 +11,9 @@ this shared machine):
 
 Variants: ``after`` is the code as it is; ``before`` is the committed graphs of ``--before-rev`` (hat/export/graphs.py
 read with ``git show``) without the export's tidy pass (Constant/Identity removal), i.e. what convert2onnx exported
-at that revision; ``prev`` is the current graphs exported and built by hat/export/onnx.py and hat/export/rknn.py as
+at that revision; ``v2`` (with ``--graphs-rev``, e.g. d017231, the last commit of graphs v2) is the committed graphs
+of that revision exported and built by the current code, so ``v2`` vs ``after`` is what the graphs' form alone
+costs the toolkit; ``prev`` is the current graphs exported and built by hat/export/onnx.py and hat/export/rknn.py as
 committed at ``--code-rev`` (read with ``git show``): the same graphs and .rknn models as ``after``, so ``prev`` vs
 ``after`` is what the export and build code's own work costs (issue 14 item 5: one write of each graph instead of
 two, checks on the bytes in memory, the toolkit's repeat of onnx.checker skipped, its progress bars really off).
@@ -27,7 +29,7 @@ the two manifests list the same SubTransformers in the same order with the same 
 
     python benchmarks/export_build_time.py [--space configs/demo.de-en/supertransformer/space0.yml] [--configs 4]
         [--bundle 4 --workers 2] [--src-len 32] [--tgt-len 32] [--beam 4] [--target-platform rk3588] [--seed 1]
-        [--before-rev a48455b] [--code-rev 0ed3917] [--json PATH]
+        [--before-rev a48455b] [--graphs-rev d017231] [--code-rev 0ed3917] [--json PATH]
 
 ``--phases`` times where the build's CPU time goes instead, for ``--configs`` sampled SubTransformers (+ a warm-up
 one) exported and built by the current code: rknn-toolkit2's top-level passes (wrapped, their code unchanged;
@@ -71,6 +73,7 @@ from hat.space import SearchSpace  # noqa: E402
 
 BEFORE_REV = "a48455bb14c3b2fb8399a014a5b9e5868df64f32"  # the graphs before issue 14 (6.3-7.7 CPU-s per config)
 CODE_REV = "0ed39177c359a41751c80c981c3dcdd76a894f65"  # the export/build code before issue 14 item 5 (graphs v2)
+GRAPHS_V2_REV = "d017231"  # the last commit of graphs v2 (hat.export.GRAPHS_VERSION "2")
 
 
 def vocab_size(data_dir: str, default: int = 8000) -> int:
@@ -117,23 +120,27 @@ def committed_module(rev: str, path: str) -> types.ModuleType:
 
 
 class Variants:
-    """Switches hat.export between the current graphs (``after``) and the committed ones without tidy (``before``)."""
+    """Switches hat.export between the current graphs (``after``), the committed ones of ``before_rev`` without tidy
+    (``before``) and those of ``graphs_rev`` with it (``v2``: what the current export code makes of them)."""
 
     NAMES = ("EncoderGraph", "DecoderStepGraph", "encoder_io", "decoder_io", "graph_meta", "sidecar_io_only")
 
-    def __init__(self, rev: str):
+    def __init__(self, before_rev: str, graphs_rev: str = ""):
         from hat.export import graphs, onnx as export_onnx
 
         self.graphs, self.onnx = graphs, export_onnx
-        self.after = {n: getattr(graphs, n) for n in self.NAMES}
-        self.after_tidy = export_onnx.tidy
-        old = committed_graphs(rev)
-        self.before = {n: getattr(old, n) for n in self.NAMES}
+        self.tidy = export_onnx.tidy
+        self.sets = {"after": ({n: getattr(graphs, n) for n in self.NAMES}, True)}
+        for variant, rev, tidy in (("before", before_rev, False), ("v2", graphs_rev, True)):
+            if rev:
+                old = committed_graphs(rev)
+                self.sets[variant] = ({n: getattr(old, n) for n in self.NAMES}, tidy)
 
     def use(self, variant: str) -> None:
-        for n, f in (self.before if variant == "before" else self.after).items():
+        functions, tidy = self.sets.get(variant, self.sets["after"])
+        for n, f in functions.items():
             setattr(self.graphs, n, f)
-        self.onnx.tidy = (lambda m: m) if variant == "before" else self.after_tidy
+        self.onnx.tidy = self.tidy if tidy else (lambda m: m)
 
 
 def nodes(path: str) -> int:
@@ -411,6 +418,9 @@ def main() -> int:
     ap.add_argument("--target-platform", default="rk3588")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--before-rev", default=BEFORE_REV, help="git revision whose graphs are 'before' ('' to skip)")
+    ap.add_argument("--graphs-rev", default="",
+                    help="git revision whose graphs (exported and built by the current code) are 'v2', e.g. "
+                         f"{GRAPHS_V2_REV[:7]}, the last commit of graphs v2 ('' to skip)")
     ap.add_argument("--code-rev", default=CODE_REV,
                     help="git revision whose hat/export/onnx.py and rknn.py export and build 'prev' ('' to skip)")
     ap.add_argument("--json", help="also write the raw per-config figures here")
@@ -446,8 +456,9 @@ def main() -> int:
     rng = random.Random(args.seed)
     cfgs = [space.sample(rng) for _ in range(args.configs + 1)]  # as sample_configs; rng goes on for the bundle
     s = ExportSettings(batch_size=1, src_len=args.src_len, tgt_len=args.tgt_len, beam=args.beam)
-    variants = (["before"] if args.before_rev else []) + (["prev"] if args.code_rev else []) + ["after"]
-    switch = Variants(args.before_rev) if args.before_rev else None
+    variants = ((["before"] if args.before_rev else []) + (["v2"] if args.graphs_rev else [])
+                + (["prev"] if args.code_rev else []) + ["after"])
+    switch = Variants(args.before_rev, args.graphs_rev) if args.before_rev or args.graphs_rev else None
     # export_model / build_part per variant: 'prev' those committed at --code-rev, the others the current ones
     steps = {variant: (export_model, build_part) for variant in variants}
     if args.code_rev:
@@ -464,7 +475,7 @@ def main() -> int:
                 sub = sup.extract(cfg).eval()
                 for variant in (variants if i % 2 else variants[::-1]):  # alternate the order of the variants
                     if switch:
-                        switch.use("before" if variant == "before" else "after")
+                        switch.use(variant)
                     export, build = steps[variant]
                     name = f"{variant}{i}"
                     e = timed(lambda: export(sub, work, name, s, log=quiet))
@@ -505,7 +516,8 @@ def main() -> int:
           f"process and its children), load average {load0:.1f} at start, {load1:.1f} at end; torch "
           f"{torch.__version__} (1 thread), rknn-toolkit2 {toolkit_version()}; batch 1, beam {args.beam}, src-len "
           f"{args.src_len}, tgt-len {args.tgt_len}, {args.target_platform} fp16; random weights, vocab {v}; 'before' = "
-          f"graphs of {args.before_rev[:12] or '-'}; 'prev' = export/build code of {args.code_rev[:12] or '-'}")
+          f"graphs of {args.before_rev[:12] or '-'}; 'v2' = graphs of {args.graphs_rev[:12] or '-'}; 'prev' = "
+          f"export/build code of {args.code_rev[:12] or '-'}")
     summary = {}
     for variant in variants:
         r = rows[variant]
@@ -535,6 +547,14 @@ def main() -> int:
         print(f"before/after cpu-s per config: {statistics.mean(ratios):.2f}x (per config {spread(ratios)}); nodes "
               f"per layer (enc, dec): before {per_layer('before', 'enc'):.1f}, {per_layer('before', 'dec'):.1f}; after "
               f"{per_layer('after', 'enc'):.1f}, {per_layer('after', 'dec'):.1f} (graph nodes / layers)")
+    if "v2" in rows and rows["v2"]:
+        d = [total(y) - total(x) for x, y in zip(rows["v2"], rows["after"])]
+        db = [y["build_cpu_s"] - x["build_cpu_s"] for x, y in zip(rows["v2"], rows["after"])]
+        lower = sum(x < 0 for x in d)
+        print(f"after - v2 cpu-s per config (graphs of {args.graphs_rev[:12]} vs now, the same export/build code): "
+              f"build {statistics.mean(db):+.3f} ({min(db):+.2f} to {max(db):+.2f}), total {statistics.mean(d):+.3f} "
+              f"({min(d):+.2f} to {max(d):+.2f}; lower in {lower} of {len(d)}); "
+              f"{100 * statistics.mean(d) / summary['v2']['total_cpu_s']:+.1f} %")
     if "prev" in rows and rows["prev"]:
         p, a = rows["prev"], rows["after"]
         d = [total(y) - total(x) for x, y in zip(p, a)]
@@ -557,7 +577,7 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "summary": summary, "bundle": bundle, "load_average": [load0, load1],
-                       "before_rev": args.before_rev, "code_rev": args.code_rev, "cores_usable": usable,
+                       "before_rev": args.before_rev, "graphs_rev": args.graphs_rev, "code_rev": args.code_rev, "cores_usable": usable,
                        "cores": os.cpu_count()}, f, indent=1)
     return 0
 

@@ -30,8 +30,9 @@ SIDECAR_FORMAT = "hat-export/1"
 # What the exported encoder / decoder-step graphs compute and how (ops, layouts): part of every latency protocol that
 # times them (onnxruntime, the NPU), so numbers from other graphs are refused. Bump it with any change of
 # hat/export/graphs.py that changes the graphs' nodes (tests/test_export.py pins the node counts per layer).
-# 1: linear layers as MatMul (until 2026-11-29); 2: 1x1 Conv on NCHW activations, fused q/k/v, folded scales.
-GRAPHS_VERSION = "2"
+# 1: linear layers as MatMul (until 2026-11-29); 2: 1x1 Conv on NCHW activations, fused q/k/v, folded scales;
+# 3: the decoder step's q/k/v and the cross k/v projections one Conv each, cache slot written by one add, 4-D lookups.
+GRAPHS_VERSION = "3"
 
 
 class ExportError(HatError):

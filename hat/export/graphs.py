@@ -13,14 +13,20 @@ RK3588 NPU lacks (CumSum, Range, Trilu, TopK, Neg):
   them once at the first step and keeps them in its ``static_kv`` cache), so a decoder step only reads them;
 * the self-attention cache of a decoder layer is a fixed buffer of ``max_len`` slots: the step writes its new
   key/value into slot ``position - padding_idx - 1`` (a one-hot row gathered from a constant table, then a
-  multiply-add: no Scatter, no Slice) and attends over the slots the ``self_mask`` input marks valid.
+  multiply-add: no Scatter, no Slice) and attends over the slots the ``self_mask`` input marks valid. The write is
+  an addition: the slot must hold zeros until its step (the host starts from zero buffers and never writes a slot
+  twice; :class:`hat.export.decode.FixedShapeRunner`), which saves a multiplication of the whole cache per step.
 
-Layouts, chosen so that rknn-toolkit2 has little to rewrite (its build time grows with the rewrites it makes, and
-each node left is an NPU kernel launch; ``benchmarks/export_build_time.py`` measures both):
+Layouts, chosen so that rknn-toolkit2 has little to rewrite (its build time grows with the rewrites it makes, each a
+pass over the graph, more than with the nodes; each node left is an NPU kernel launch;
+``benchmarks/export_build_time.py`` measures both):
 
 * activations are NCHW with the model dimension as channels: ``(B, C, 1, S)`` in the encoder, ``(rows, C, 1, 1)``
-  in the decoder step, so that every linear layer is one 1x1 ``Conv`` with its bias (the toolkit's own form), and the
-  query/key/value projections of an attention are one ``Conv`` whose output is split;
+  in the decoder step, so that every linear layer is one 1x1 ``Conv`` with its bias (the toolkit's own form); the
+  encoder's query/key/value projections are one ``Conv`` whose output is split (the toolkit keeps that Split), the
+  decoder step's and the encoder's cross key/value projections one ``Conv`` each (a ``Conv`` + ``Split`` there is
+  one the toolkit separates into such Convs itself, a rewrite that costs build time; graphs v3);
+* the embedding lookups are made 4-D before their sum (the toolkit's form; it would insert the Reshapes itself);
 * layer norms are ``LayerNormalization`` over the channel axis (in the encoder between a Transpose pair, which the
   toolkit folds into its channel norm);
 * the attention scale ``head_dim ** -0.5`` is folded into the query projection and ``sqrt(dim)`` into the embedding
@@ -102,8 +108,10 @@ def decoder_io(model: SuperTransformer, rows: int, src_len: int, max_len: int, b
     for i, s in enumerate(layer_shapes(model)):
         self_shape = (rows, s["self_heads"] * s["self_head_dim"], 1, max_len)
         cross_shape = (rows, s["cross_heads"] * s["cross_head_dim"], 1, cross_len(model, i, src_len))
-        inputs.append(_io(f"self_k_{i}", "float32", self_shape, f"layer {i} self-attention key cache (transposed)"))
-        inputs.append(_io(f"self_v_{i}", "float32", self_shape, f"layer {i} self-attention value cache (transposed)"))
+        inputs.append(_io(f"self_k_{i}", "float32", self_shape,
+                          f"layer {i} self-attention key cache (transposed; zeros in the slots not yet written)"))
+        inputs.append(_io(f"self_v_{i}", "float32", self_shape,
+                          f"layer {i} self-attention value cache (transposed; zeros in the slots not yet written)"))
         inputs.append(_io(f"cross_k_{i}", "float32", cross_shape, "the encoder graph's, repeated per hypothesis"))
         inputs.append(_io(f"cross_v_{i}", "float32", cross_shape, "the encoder graph's, repeated per hypothesis"))
         outputs.append(_io(f"new_self_k_{i}", "float32", self_shape, f"layer {i} key cache with slot step written"))
@@ -268,13 +276,15 @@ class EncoderGraph(nn.Module):
         self.layers = nn.ModuleList(_EncoderLayer(enc.layers[i], d, src_len) for i in range(enc.sample_layers))
         self.final_norm = _ChannelNorm(enc.layer_norm, d, step=False) if enc.layer_norm is not None else None
         cross = [dec.layers[i].encoder_attn for i in range(dec.sample_layers)]
-        self.cross_kv = nn.ModuleList(_Conv1x1.of(a.k_proj, a.v_proj) for a in cross)
-        self.cross_widths = [a.qkv_dim for a in cross]
+        self.cross_k = nn.ModuleList(_Conv1x1.of(a.k_proj) for a in cross)
+        self.cross_v = nn.ModuleList(_Conv1x1.of(a.v_proj) for a in cross)
         self.ende = [dec.ende_layers(i) for i in range(dec.sample_layers)]
 
     def forward(self, src_tokens: torch.Tensor, src_positions: torch.Tensor, src_mask: torch.Tensor):
-        x = F.embedding(src_tokens, self.embed) + F.embedding(src_positions, self.positions)  # (B, S, C)
-        x = x.transpose(1, 2).reshape(-1, self.dim, 1, self.src_len)
+        # each lookup made 4-D before the sum, (B, S, 1, C), then channels first: the form rknn-toolkit2 rewrites it to
+        shape = (-1, self.src_len, 1, self.dim)
+        x = F.embedding(src_tokens, self.embed).reshape(shape) + F.embedding(src_positions, self.positions).reshape(shape)
+        x = x.permute(0, 3, 2, 1)  # (B, C, 1, S)
         mask = src_mask.reshape(-1, 1, 1, self.src_len)
         states: List[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
@@ -285,10 +295,10 @@ class EncoderGraph(nn.Module):
             states = [self.final_norm(t) for t in states]
         feeds: Dict[int, torch.Tensor] = {}  # HAT's arbitrary ende attention: the last k states along time
         outputs = []
-        for proj, width, k in zip(self.cross_kv, self.cross_widths, self.ende):
+        for k_proj, v_proj, k in zip(self.cross_k, self.cross_v, self.ende):
             if k not in feeds:
                 feeds[k] = states[-1] if k == 1 else torch.cat([states[-1 - j] for j in range(k)], dim=3)
-            outputs += list(proj(feeds[k]).split(width, dim=1))  # (B, qkv, 1, S') each
+            outputs += [k_proj(feeds[k]), v_proj(feeds[k])]  # (B, qkv, 1, S') each
         return tuple(outputs)
 
 
@@ -304,7 +314,8 @@ class _DecoderLayer(nn.Module):
         sa, ca = layer.self_attn, layer.encoder_attn
         self.heads, self.head_dim = sa.heads, sa.qkv_dim // sa.heads
         self.cross_head_dim, self.cross_width = ca.qkv_dim // ca.heads, ca.qkv_dim
-        self.qkv = _Conv1x1.of(sa.q_proj, sa.k_proj, sa.v_proj, scales=(_query_scale(sa), 1.0, 1.0))
+        self.q = _Conv1x1.of(sa.q_proj, scales=(_query_scale(sa),))
+        self.k, self.v = _Conv1x1.of(sa.k_proj), _Conv1x1.of(sa.v_proj)
         self.self_out = _Conv1x1.of(sa.out_proj)
         self.cross_q = _Conv1x1.of(ca.q_proj, scales=(_query_scale(ca),))
         self.cross_out = _Conv1x1.of(ca.out_proj)
@@ -315,13 +326,13 @@ class _DecoderLayer(nn.Module):
         self.pre = layer.normalize_before
         self.ende = ende
 
-    def forward(self, x, k_cache, v_cache, cross_k, cross_v, write, keep, self_mask, cross_mask, batch: int):
+    def forward(self, x, k_cache, v_cache, cross_k, cross_v, write, self_mask, cross_mask, batch: int):
         caches: List[torch.Tensor] = []
 
         def self_attn(h):
-            q, k, v = self.qkv(h).split(self.heads * self.head_dim, dim=1)  # (rows, H*hd, 1, 1) each
-            caches.append(k_cache * keep + k * write)  # slot ``step`` written, the others kept
-            caches.append(v_cache * keep + v * write)
+            q, k, v = self.q(h), self.k(h), self.v(h)  # (rows, H*hd, 1, 1) each
+            caches.append(k_cache + k * write)  # slot ``step`` (zeros until now) written, the others kept
+            caches.append(v_cache + v * write)
             hd = self.head_dim
             o = _attention(q.reshape(batch, -1, 1, hd), _fold(caches[0], batch, hd), _fold(caches[1], batch, hd),
                            self_mask)
@@ -369,10 +380,10 @@ class DecoderStepGraph(nn.Module):
 
     def forward(self, prev_token, position, self_mask, src_mask, *caches):
         b, slots = self.batch, self.max_len
-        x = F.embedding(prev_token, self.embed) + F.embedding(position, self.positions)  # (rows,1,d)+(1,1,d)
-        x = x.reshape(-1, self.dim, 1, 1)
+        # each lookup made 4-D before the sum, (rows, d, 1, 1) + (1, d, 1, 1): the form rknn-toolkit2 rewrites it to
+        x = (F.embedding(prev_token, self.embed).reshape(-1, self.dim, 1, 1)
+             + F.embedding(position, self.positions).reshape(1, self.dim, 1, 1))
         write = F.embedding(position, self.write_table).reshape(1, 1, 1, slots)  # one-hot at the slot written
-        keep = 1.0 - write
         smask = self_mask.reshape(1, 1, 1, slots)
         base = src_mask.reshape(b, 1, 1, -1)
         cross_masks: Dict[int, torch.Tensor] = {}
@@ -381,7 +392,7 @@ class DecoderStepGraph(nn.Module):
             k_cache, v_cache, ck, cv = caches[4 * i : 4 * i + 4]
             if layer.ende not in cross_masks:
                 cross_masks[layer.ende] = base if layer.ende == 1 else torch.cat([base] * layer.ende, dim=3)
-            x, k_all, v_all = layer(x, k_cache, v_cache, ck, cv, write, keep, smask, cross_masks[layer.ende], b)
+            x, k_all, v_all = layer(x, k_cache, v_cache, ck, cv, write, smask, cross_masks[layer.ende], b)
             new_caches += [k_all, v_all]
         if self.final_norm is not None:
             x = self.final_norm(x)
