@@ -64,6 +64,7 @@ import tempfile
 import time
 import types
 from collections import Counter
+from typing import List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -325,6 +326,64 @@ def phases(args) -> int:
     return 0
 
 
+def fused(args) -> int:
+    """The graphs rknn-toolkit2 compiles (its own graph after ``fuse_ops``, read from the optimizer it builds with;
+    the toolkit's code unchanged) of the current graphs and of ``--graphs-rev``'s, for ``--configs`` sampled
+    SubTransformers: their nodes by op type, i.e. the kernels the NPU runs per call."""
+    import torch
+    import rknn.api.graph_optimizer as graph_optimizer
+
+    from hat.export.onnx import ExportSettings, export_model, torch_threads
+    from hat.export.rknn import build_part, require_rknn, toolkit_version
+    from hat.models import ModelOptions, SuperTransformer
+
+    if not args.graphs_rev:
+        print("--fused compares with --graphs-rev: give one (e.g. --graphs-rev d017231)", file=sys.stderr)
+        return 2
+    require_rknn()
+    os.chdir(ROOT)
+    seen: List[Counter] = []
+    fuse_ops = graph_optimizer.GraphOptimizer.fuse_ops
+
+    def keep_fused(self, *a, **k):
+        out = fuse_ops(self, *a, **k)
+        seen.append(Counter(n.op_type for n in self.ir.model.graph.node))
+        return out
+
+    graph_optimizer.GraphOptimizer.fuse_ops = keep_fused
+    torch.manual_seed(args.seed)
+    space = SearchSpace.from_dict(load_yaml(args.space), source=args.space)
+    v = vocab_size(args.data)
+    sup = SuperTransformer(space.super_config(), ModelOptions(v, v, share_all_embeddings=True)).eval()
+    s = ExportSettings(batch_size=1, src_len=args.src_len, tgt_len=args.tgt_len, beam=args.beam)
+    switch = Variants("", args.graphs_rev)
+    totals = {variant: {"enc": Counter(), "dec": Counter()} for variant in ("v2", "after")}
+    work = tempfile.mkdtemp(prefix="hat-export-fused-")
+    try:
+        with torch_threads(1):
+            for i, cfg in enumerate(sample_configs(args, space)[1:]):  # the configs of the timed runs
+                sub = sup.extract(cfg).eval()
+                for variant in ("v2", "after"):
+                    switch.use(variant)
+                    export_model(sub, work, f"{variant}{i}", s, log=lambda *a: None)
+                    for part in ("enc", "dec"):
+                        build_part(work, f"{variant}{i}", part, args.target_platform, "fp16", work,
+                                   log=lambda *a: None)
+                        totals[variant][part] += seen.pop()
+    finally:
+        switch.use("after")
+        shutil.rmtree(work, ignore_errors=True)
+    n = args.configs
+    print(f"rknn-toolkit2 {toolkit_version()}, {args.target_platform} fp16, {n} SubTransformers of {args.space} (seed "
+          f"{args.seed}): nodes of the graph the toolkit compiles (after its fuse_ops), mean per config [measured]")
+    for part in ("enc", "dec"):
+        for variant, label in (("v2", f"graphs of {args.graphs_rev[:12]}"), ("after", "current graphs")):
+            c = totals[variant][part]
+            ops = ", ".join(f"{op} {c[op] / n:.1f}" for op in sorted(c, key=lambda o: (-c[o], o)))
+            print(f"| {part} {label:24s} {sum(c.values()) / n:5.1f} nodes: {ops}")
+    return 0
+
+
 def equivalence(args) -> int:
     import numpy as np
 
@@ -429,6 +488,8 @@ def main() -> int:
                          "for N sampled SubTransformers (+ the warm-up one)")
     ap.add_argument("--phases", action="store_true",
                     help="time nothing else: where the build's CPU time goes (rknn-toolkit2's passes) over --configs")
+    ap.add_argument("--fused", action="store_true",
+                    help="time nothing: the nodes of the graphs rknn-toolkit2 compiles, current vs --graphs-rev's")
     ap.add_argument("--worker", choices=("prev", "after"), help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -438,6 +499,8 @@ def main() -> int:
         return equivalence(args)
     if args.phases:
         return phases(args)
+    if args.fused:
+        return fused(args)
 
     import torch
 
