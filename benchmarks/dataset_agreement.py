@@ -4,7 +4,11 @@
 two totals (encoder + decoder), the share within ±5 % and ±10 %, and the mean absolute difference. A predictor
 cannot be expected to agree with a measurement better than the measurement agrees with itself.
 
-    python benchmarks/dataset_agreement.py A.csv B.csv [--label-a dataset --label-b again]
+    python benchmarks/dataset_agreement.py A.csv B.csv [--label-a dataset --label-b again] [--differ FIELD]
+
+``--differ FIELD`` compares instead: the two protocols must differ in that one field (e.g. ``graphs``: the same
+configs measured the same way on two versions of the exported graphs) and agree in every other; the ratio's 5th and
+95th percentiles and the encoder's and decoder's median ratios are printed beside.
 """
 import csv
 import json
@@ -25,11 +29,23 @@ def totals(path):
 def main(argv=None):
     from hat.latency.protocol import Protocol
 
+    from dataclasses import replace
+
     argv = sys.argv[1:] if argv is None else argv
+    differ = None
+    if "--differ" in argv:
+        i = argv.index("--differ")
+        differ, argv = argv[i + 1] if i + 1 < len(argv) else "", argv[:i] + argv[i + 2:]
     a_path, b_path = argv[0], argv[1]
     (a, pa, sa), (b, pb, sb) = totals(a_path), totals(b_path)
     proto_a, proto_b = (Protocol.from_json(next(iter(p))) for p in (pa, pb))
-    why = proto_a.mismatch(proto_b)
+    if differ is not None:
+        if differ not in proto_a.to_dict() or getattr(proto_a, differ) == getattr(proto_b, differ):
+            print(f"error: --differ {differ!r}: not a protocol field in which the two files differ", file=sys.stderr)
+            return 2
+        why = proto_a.mismatch(replace(proto_b, **{differ: getattr(proto_a, differ)}))
+    else:
+        why = proto_a.mismatch(proto_b)
     if why or len(pa) != 1 or len(pb) != 1:
         print(f"error: the two files were not measured with one protocol each, the same ({why})", file=sys.stderr)
         return 2
@@ -43,8 +59,25 @@ def main(argv=None):
     print(f"  {os.path.basename(b_path)} / {os.path.basename(a_path)}: median ratio {out['median_ratio_b_over_a']:.3f}, "
           f"mean |difference| {100 * out['mean_abs_diff']:.2f} %, within ±5 % {100 * out['within5']:.1f} %, "
           f"within ±10 % {100 * out['within10']:.1f} %")
+    if differ is not None:
+        parts = {}
+        for part in ("encoder", "decoder"):
+            col = f"latency_mean_{part}"
+            ra, rb = (part_of(path, col) for path in (a_path, b_path))
+            parts[part] = statistics.median(rb[k] / ra[k] for k in keys)
+        q = statistics.quantiles(ratio, n=20)
+        out.update({"differ": differ, differ: [getattr(proto_a, differ), getattr(proto_b, differ)],
+                    "ratio_p5": q[0], "ratio_p95": q[-1], "median_ratio_encoder": parts["encoder"],
+                    "median_ratio_decoder": parts["decoder"]})
+        print(f"  {differ} {getattr(proto_a, differ)!r} -> {getattr(proto_b, differ)!r}: total ratio 5th-95th percentile "
+              f"{q[0]:.3f}-{q[-1]:.3f}; median ratio encoder {parts['encoder']:.3f}, decoder {parts['decoder']:.3f}")
     print(json.dumps(out))
     return 0
+
+
+def part_of(path, column):
+    with open(path, newline="") as f:
+        return {r["key"]: float(r[column]) for r in csv.DictReader(f)}
 
 
 if __name__ == "__main__":

@@ -183,3 +183,36 @@ def test_protocol_names_the_export_graphs_it_timed_and_refuses_other_graphs():
     assert Protocol.from_json(now.to_json()) == now
     # torch backends run the model, not the exported graphs: nothing to name
     assert Protocol().at("cpu", "torch").graphs == ""
+
+
+def test_dataset_agreement_compares_graph_versions_only_with_differ(tmp_path):
+    """benchmarks/dataset_agreement.py: two datasets of the same configs measured on two export-graph versions are
+    refused as an agreement check (the protocols differ), compared with --differ graphs (ratios b/a per part), and
+    --differ refuses a field the two files do not differ in."""
+    import random
+    from dataclasses import replace
+
+    from hat.latency.dataset import DatasetWriter
+
+    space = SearchSpace.from_dict(load_yaml(TINY), source=TINY)
+    cfgs = [space.sample(random.Random(i)) for i in range(6)]
+    base = Protocol(backend="onnxruntime", graphs="2")
+    paths = {}
+    for name, proto, scale in (("a", base, 1.0), ("b", replace(base, graphs="3"), 0.5)):
+        paths[name] = str(tmp_path / f"{name}.csv")
+        with DatasetWriter(paths[name]) as w:
+            for i, cfg in enumerate(cfgs):
+                lat = {"latency_mean_encoder": 1.0 + i, "latency_mean_decoder": scale * (10.0 + i),
+                       "latency_std_encoder": 0.0, "latency_std_decoder": 0.0}
+                w.add(cfg, lat, {}, "onnxruntime", "measured:onnxruntime", proto)
+    script = os.path.join("benchmarks", "dataset_agreement.py")
+    refused = run_script(script, paths["a"], paths["b"])
+    assert refused.returncode == 2 and "graphs" in refused.stderr and "Traceback" not in refused.stderr
+    r = run_script(script, paths["a"], paths["b"], "--differ", "graphs")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["configs"] == len({c.key() for c in cfgs}) and out["graphs"] == ["2", "3"]
+    assert out["median_ratio_encoder"] == 1.0 and out["median_ratio_decoder"] == 0.5
+    assert out["ratio_p5"] < out["median_ratio_b_over_a"] < 1.0
+    wrong = run_script(script, paths["a"], paths["b"], "--differ", "beam")
+    assert wrong.returncode == 2 and "--differ" in wrong.stderr
