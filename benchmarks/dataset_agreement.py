@@ -69,8 +69,9 @@ def main(argv=None):
         out.update({"differ": differ, differ: [getattr(proto_a, differ), getattr(proto_b, differ)],
                     "ratio_p5": q[0], "ratio_p95": q[-1], "median_ratio_encoder": parts["encoder"],
                     "median_ratio_decoder": parts["decoder"]})
-        print(f"  {differ} {getattr(proto_a, differ)!r} -> {getattr(proto_b, differ)!r}: total ratio 5th-95th percentile "
-              f"{q[0]:.3f}-{q[-1]:.3f}; median ratio encoder {parts['encoder']:.3f}, decoder {parts['decoder']:.3f}")
+        print(f"  {differ} {getattr(proto_a, differ)!r} -> {getattr(proto_b, differ)!r}: total ratio 5th-95th "
+              f"percentile {q[0]:.3f}-{q[-1]:.3f}; median ratio encoder {parts['encoder']:.3f}, decoder "
+              f"{parts['decoder']:.3f}")
     print(json.dumps(out))
     return 0
 

@@ -640,8 +640,8 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "summary": summary, "bundle": bundle, "load_average": [load0, load1],
-                       "before_rev": args.before_rev, "graphs_rev": args.graphs_rev, "code_rev": args.code_rev, "cores_usable": usable,
-                       "cores": os.cpu_count()}, f, indent=1)
+                       "before_rev": args.before_rev, "graphs_rev": args.graphs_rev, "code_rev": args.code_rev,
+                       "cores_usable": usable, "cores": os.cpu_count()}, f, indent=1)
     return 0
 
 

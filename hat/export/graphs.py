@@ -283,7 +283,8 @@ class EncoderGraph(nn.Module):
     def forward(self, src_tokens: torch.Tensor, src_positions: torch.Tensor, src_mask: torch.Tensor):
         # each lookup made 4-D before the sum, (B, S, 1, C), then channels first: the form rknn-toolkit2 rewrites it to
         shape = (-1, self.src_len, 1, self.dim)
-        x = F.embedding(src_tokens, self.embed).reshape(shape) + F.embedding(src_positions, self.positions).reshape(shape)
+        x = (F.embedding(src_tokens, self.embed).reshape(shape)
+             + F.embedding(src_positions, self.positions).reshape(shape))
         x = x.permute(0, 3, 2, 1)  # (B, C, 1, S)
         mask = src_mask.reshape(-1, 1, 1, self.src_len)
         states: List[torch.Tensor] = []
