@@ -15,21 +15,22 @@ import json
 import os
 import statistics
 import sys
+from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def totals(path):
+    """(total latency by key, the file's protocols, its source, {part: latency by key})."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return ({r["key"]: float(r["latency_mean_encoder"]) + float(r["latency_mean_decoder"]) for r in rows},
-            {r["protocol"] for r in rows}, rows[0]["source"])
+    parts = {part: {r["key"]: float(r[f"latency_mean_{part}"]) for r in rows} for part in ("encoder", "decoder")}
+    return ({k: parts["encoder"][k] + parts["decoder"][k] for k in parts["encoder"]},
+            {r["protocol"] for r in rows}, rows[0]["source"], parts)
 
 
 def main(argv=None):
     from hat.latency.protocol import Protocol
-
-    from dataclasses import replace
 
     argv = sys.argv[1:] if argv is None else argv
     differ = None
@@ -37,7 +38,7 @@ def main(argv=None):
         i = argv.index("--differ")
         differ, argv = argv[i + 1] if i + 1 < len(argv) else "", argv[:i] + argv[i + 2:]
     a_path, b_path = argv[0], argv[1]
-    (a, pa, sa), (b, pb, sb) = totals(a_path), totals(b_path)
+    (a, pa, sa, parts_a), (b, pb, sb, parts_b) = totals(a_path), totals(b_path)
     proto_a, proto_b = (Protocol.from_json(next(iter(p))) for p in (pa, pb))
     if differ is not None:
         if differ not in proto_a.to_dict() or getattr(proto_a, differ) == getattr(proto_b, differ):
@@ -60,11 +61,8 @@ def main(argv=None):
           f"mean |difference| {100 * out['mean_abs_diff']:.2f} %, within ±5 % {100 * out['within5']:.1f} %, "
           f"within ±10 % {100 * out['within10']:.1f} %")
     if differ is not None:
-        parts = {}
-        for part in ("encoder", "decoder"):
-            col = f"latency_mean_{part}"
-            ra, rb = (part_of(path, col) for path in (a_path, b_path))
-            parts[part] = statistics.median(rb[k] / ra[k] for k in keys)
+        parts = {part: statistics.median(parts_b[part][k] / parts_a[part][k] for k in keys)
+                 for part in ("encoder", "decoder")}
         q = statistics.quantiles(ratio, n=20)
         out.update({"differ": differ, differ: [getattr(proto_a, differ), getattr(proto_b, differ)],
                     "ratio_p5": q[0], "ratio_p95": q[-1], "median_ratio_encoder": parts["encoder"],
@@ -74,11 +72,6 @@ def main(argv=None):
               f"{parts['decoder']:.3f}")
     print(json.dumps(out))
     return 0
-
-
-def part_of(path, column):
-    with open(path, newline="") as f:
-        return {r["key"]: float(r[column]) for r in csv.DictReader(f)}
 
 
 if __name__ == "__main__":

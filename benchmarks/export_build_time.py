@@ -184,23 +184,30 @@ def sample_configs(args, space):
     return [space.sample(rng) for _ in range(args.configs + 1)]
 
 
-def build_worker(args) -> int:
-    """``--worker prev|after --out DIR``: export + build the sampled SubTransformers (warm-up one included) into
-    DIR with the code of ``--code-rev`` (prev) or the current code (after); for :func:`equivalence`."""
+def random_supernet(args):
+    """(space, model options, SuperTransformer with random weights of seed ``args.seed``) for ``args.space``; the
+    vocabulary size of ``args.data``, shared embeddings."""
     import torch
 
     from hat.models import ModelOptions, SuperTransformer
 
+    torch.manual_seed(args.seed)
+    space = SearchSpace.from_dict(load_yaml(args.space), source=args.space)
+    v = vocab_size(args.data)
+    opt = ModelOptions(v, v, share_all_embeddings=True)
+    return space, opt, SuperTransformer(space.super_config(), opt).eval()
+
+
+def build_worker(args) -> int:
+    """``--worker prev|after --out DIR``: export + build the sampled SubTransformers (warm-up one included) into
+    DIR with the code of ``--code-rev`` (prev) or the current code (after); for :func:`equivalence`."""
     os.chdir(ROOT)
     if args.worker == "prev":
         export_onnx = committed_module(args.code_rev, "hat/export/onnx.py")
         export_rknn = committed_module(args.code_rev, "hat/export/rknn.py")
     else:
         from hat.export import onnx as export_onnx, rknn as export_rknn
-    torch.manual_seed(args.seed)
-    space = SearchSpace.from_dict(load_yaml(args.space), source=args.space)
-    v = vocab_size(args.data)
-    sup = SuperTransformer(space.super_config(), ModelOptions(v, v, share_all_embeddings=True)).eval()
+    space, _, sup = random_supernet(args)
     s = export_onnx.ExportSettings(batch_size=1, src_len=args.src_len, tgt_len=args.tgt_len, beam=args.beam)
     with export_onnx.torch_threads(1):
         for i, cfg in enumerate(sample_configs(args, space)):
@@ -250,11 +257,9 @@ def phases(args) -> int:
     from collections import defaultdict
 
     import onnxruntime
-    import torch
 
     from hat.export.onnx import ExportSettings, export_model, torch_threads
     from hat.export.rknn import build_part, require_rknn, toolkit_version
-    from hat.models import ModelOptions, SuperTransformer
 
     require_rknn()
     os.chdir(ROOT)
@@ -282,10 +287,7 @@ def phases(args) -> int:
         wrap(label, getattr(mod, cls) if cls else mod, attr)
     wrap("  of which onnxruntime sessions (create)", onnxruntime.InferenceSession, "__init__")
     wrap("  of which onnxruntime sessions (run)", onnxruntime.InferenceSession, "run")
-    torch.manual_seed(args.seed)
-    space = SearchSpace.from_dict(load_yaml(args.space), source=args.space)
-    v = vocab_size(args.data)
-    sup = SuperTransformer(space.super_config(), ModelOptions(v, v, share_all_embeddings=True)).eval()
+    space, _, sup = random_supernet(args)
     s = ExportSettings(batch_size=1, src_len=args.src_len, tgt_len=args.tgt_len, beam=args.beam)
     work = tempfile.mkdtemp(prefix="hat-export-phases-")
     builds = {"enc": 0.0, "dec": 0.0}
@@ -330,12 +332,10 @@ def fused(args) -> int:
     """The graphs rknn-toolkit2 compiles (its own graph after ``fuse_ops``, read from the optimizer it builds with;
     the toolkit's code unchanged) of the current graphs and of ``--graphs-rev``'s, for ``--configs`` sampled
     SubTransformers: their nodes by op type, i.e. the kernels the NPU runs per call."""
-    import torch
     import rknn.api.graph_optimizer as graph_optimizer
 
     from hat.export.onnx import ExportSettings, export_model, torch_threads
     from hat.export.rknn import build_part, require_rknn, toolkit_version
-    from hat.models import ModelOptions, SuperTransformer
 
     if not args.graphs_rev:
         print("--fused compares with --graphs-rev: give one (e.g. --graphs-rev d017231)", file=sys.stderr)
@@ -351,10 +351,7 @@ def fused(args) -> int:
         return out
 
     graph_optimizer.GraphOptimizer.fuse_ops = keep_fused
-    torch.manual_seed(args.seed)
-    space = SearchSpace.from_dict(load_yaml(args.space), source=args.space)
-    v = vocab_size(args.data)
-    sup = SuperTransformer(space.super_config(), ModelOptions(v, v, share_all_embeddings=True)).eval()
+    space, _, sup = random_supernet(args)
     s = ExportSettings(batch_size=1, src_len=args.src_len, tgt_len=args.tgt_len, beam=args.beam)
     switch = Variants("", args.graphs_rev)
     totals = {variant: {"enc": Counter(), "dec": Counter()} for variant in ("v2", "after")}
@@ -507,15 +504,10 @@ def main() -> int:
     from hat.export.onnx import ExportSettings, export_model, torch_threads
     from hat.export.rknn import build_part, require_rknn, toolkit_version
     from hat.latency.protocol import Protocol
-    from hat.models import ModelOptions, SuperTransformer
 
     require_rknn()
     os.chdir(ROOT)
-    torch.manual_seed(args.seed)
-    space = SearchSpace.from_dict(load_yaml(args.space), source=args.space)
-    v = vocab_size(args.data)
-    opt = ModelOptions(v, v, share_all_embeddings=True)
-    sup = SuperTransformer(space.super_config(), opt).eval()
+    space, opt, sup = random_supernet(args)
     rng = random.Random(args.seed)
     cfgs = [space.sample(rng) for _ in range(args.configs + 1)]  # as sample_configs; rng goes on for the bundle
     s = ExportSettings(batch_size=1, src_len=args.src_len, tgt_len=args.tgt_len, beam=args.beam)
@@ -578,9 +570,9 @@ def main() -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores ({usable} usable by this "
           f"process and its children), load average {load0:.1f} at start, {load1:.1f} at end; torch "
           f"{torch.__version__} (1 thread), rknn-toolkit2 {toolkit_version()}; batch 1, beam {args.beam}, src-len "
-          f"{args.src_len}, tgt-len {args.tgt_len}, {args.target_platform} fp16; random weights, vocab {v}; 'before' = "
-          f"graphs of {args.before_rev[:12] or '-'}; 'v2' = graphs of {args.graphs_rev[:12] or '-'}; 'prev' = "
-          f"export/build code of {args.code_rev[:12] or '-'}")
+          f"{args.src_len}, tgt-len {args.tgt_len}, {args.target_platform} fp16; random weights, vocab "
+          f"{opt.tgt_vocab}; 'before' = graphs of {args.before_rev[:12] or '-'}; 'v2' = graphs of "
+          f"{args.graphs_rev[:12] or '-'}; 'prev' = export/build code of {args.code_rev[:12] or '-'}")
     summary = {}
     for variant in variants:
         r = rows[variant]

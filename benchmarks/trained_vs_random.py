@@ -14,7 +14,6 @@ and their ratio. ``--flush-denormals`` sets flush-to-zero / denormals-are-zero o
 to tell whether denormal arithmetic is the difference.
 """
 import argparse
-import json
 from dataclasses import replace
 import os
 import sys
@@ -27,56 +26,41 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def session(path):
-    import onnxruntime as ort
+class TimedRunner:
+    """An exported pair in onnxruntime (:class:`hat.export.decode.OrtRunner`, 1 thread), its encoder run once on a
+    fixed random source; :meth:`decode` times each decoder step's graph call."""
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    def __init__(self, onnx_dir, name):
+        from hat.export.decode import OrtRunner
+        from hat.export.runtime import prepare_source
 
+        self.runner = r = OrtRunner(onnx_dir, name)
+        tok = r.dec_meta["tokens"]
+        rng = np.random.default_rng(0)
+        sents = [list(rng.integers(4, tok["src_vocab"], r.src_len - 1))] * r.batch_size
+        self.state = r.start(*prepare_source(sents, r.src_len, r.pad, tok["eos"]), r.beam)
+        self.tokens = rng.integers(4, tok["tgt_vocab"], (r.rows, r.tgt_len)).astype(np.int64)
+        self.zeros = {spec["name"]: self.state[spec["name"]] for spec in r.self_specs}
+        self.config = r.dec_meta["sub_config"]
+        run = r.run_decoder
+        self.times = []
 
-def decoder_state(onnx_dir, name):
-    """Sessions and feeds of one exported pair: the encoder run once on a fixed random source."""
-    meta = {p: json.load(open(os.path.join(onnx_dir, f"{name}_{p}.json"))) for p in ("enc", "dec")}
-    enc = session(os.path.join(onnx_dir, f"{name}_enc.onnx"))
-    dec = session(os.path.join(onnx_dir, f"{name}_dec.onnx"))
-    sh = meta["dec"]["shapes"]
-    src, tgt, rows = sh["src_len"], sh["tgt_len"], sh["rows"]
-    tok = meta["dec"]["tokens"]
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(4, tok["src_vocab"], (1, src)).astype(np.int64)
-    tokens[0, -1] = tok["eos"]
-    offset = meta["dec"]["position_offset"]
-    positions = (np.arange(src) + offset).reshape(1, src).astype(np.int64)
-    mask = np.zeros((1, src), np.float32)
-    outs = enc.run(None, {"src_tokens": tokens, "src_positions": positions, "src_mask": mask})
-    cross = {o.name: np.repeat(v, rows, axis=0) for o, v in zip(enc.get_outputs(), outs)}
-    zeros = {i["name"]: np.zeros(i["shape"], np.float32) for i in meta["dec"]["inputs"]
-             if i["name"].startswith(("self_k_", "self_v_"))}
-    prev = rng.integers(4, tok["tgt_vocab"], (rows, 1)).astype(np.int64)
-    return {"dec": dec, "cross": cross, "zeros": zeros, "prev": prev, "tgt": tgt, "mask": mask, "offset": offset,
-            "config": meta["dec"]["sub_config"]}
+        def timed(feeds):
+            t0 = time.perf_counter()
+            try:
+                return run(feeds)
+            finally:
+                self.times.append(time.perf_counter() - t0)
 
+        r.run_decoder = timed
 
-def decode(st):
-    from hat.export.runtime import self_mask
-
-    cache, times = dict(st["zeros"]), []
-    names = [o.name for o in st["dec"].get_outputs()]
-    for t in range(st["tgt"]):
-        feeds = {"prev_token": st["prev"], "position": np.full((1, 1), st["offset"] + t, np.int64),
-                 "self_mask": self_mask(st["tgt"], t), "src_mask": st["mask"]}
-        feeds.update(st["cross"])
-        feeds.update(cache)
-        t0 = time.perf_counter()
-        outs = st["dec"].run(None, feeds)
-        times.append(time.perf_counter() - t0)
-        for n, o in zip(names, outs):
-            if n.startswith("new_"):
-                cache[n[4:]] = o
-    return np.array(times)
+    def decode(self):
+        """tgt-len steps from zero caches, the returned caches fed back: each step's seconds."""
+        self.state.update(self.zeros)
+        self.times = []
+        for t in range(self.runner.tgt_len):
+            self.runner.step(self.state, self.tokens, t)
+        return np.array(self.times)
 
 
 def main() -> int:
@@ -111,22 +95,19 @@ def main() -> int:
           f"flush denormals {'on' if args.flush_denormals else 'off'}")
     with tempfile.TemporaryDirectory(prefix="hat-tvr-") as tmp:
         for name in args.names:
-            trained = decoder_state(args.onnx_dir, name)
-            cfg = SubConfig.from_hat_dict(trained["config"])
-            sh = json.load(open(os.path.join(args.onnx_dir, f"{name}_dec.json")))["shapes"]
+            trained = TimedRunner(args.onnx_dir, name)
+            cfg = SubConfig.from_hat_dict(trained.config)
+            sh = trained.runner.dec_meta["shapes"]
             protocol = replace(ctx.protocol, src_len=sh["src_len"], tgt_len=sh["tgt_len"], beam=sh["beam"])
             exported = export_onnx(cfg, ctx.options, protocol, tmp, random_model(cfg, ctx.options))
-            states = {"trained": trained, "random": decoder_state(tmp, exported)}
-            if states["random"]["tgt"] != trained["tgt"] or states["random"]["cross"].keys() != trained["cross"].keys():
-                print(f"error: {name}: the random export's shapes differ from the trained one's", file=sys.stderr)
-                return 2
+            states = {"trained": trained, "random": TimedRunner(tmp, exported)}
             best = {}
             for r in range(args.rounds):
                 for kind in (("trained", "random") if r % 2 else ("random", "trained")):
-                    t = decode(states[kind])
+                    t = states[kind].decode()
                     best[kind] = t if kind not in best else np.minimum(best[kind], t)
             tr, rd = 1000 * best["trained"].sum(), 1000 * best["random"].sum()
-            print(f"| {name} {cfg.key()}: decoder ({trained['tgt']} steps) trained {tr:.3f} ms, random weights "
+            print(f"| {name} {cfg.key()}: decoder ({trained.runner.tgt_len} steps) trained {tr:.3f} ms, random weights "
                   f"{rd:.3f} ms [measured:onnxruntime, sum of per-step minima]; trained / random {tr / rd:.3f}")
     return 0
 
